@@ -1,0 +1,1 @@
+"""Wire-format codecs spoken by sluicegate; sans-IO, standard library only."""

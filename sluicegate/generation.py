@@ -1,0 +1,245 @@
+"""The Generation: one per request, the single owner of lifecycle, cancel, timings and usage.
+
+A provider is an async generator of canonical events. The Generation drives it in its own task,
+appends what it yields to an append-only log (ids 1, 2, 3...), measures time, and ends it in
+exactly one way: naturally, by error, or by `cancel(reason)`, which closes the provider so the
+producer stops. Whatever the end, the log closes with MessageDelta + MessageStop carrying the
+stop reason and the usage so far. Routes read the log with `follow(after)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from sluicegate import errors
+from sluicegate.events import (
+    BlockStart,
+    BlockStop,
+    ChatRequest,
+    ErrorEvent,
+    Event,
+    MessageDelta,
+    MessageStart,
+    MessageStop,
+    Metrics,
+    StopReason,
+    TextDelta,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Meter:
+    """What a provider reports while it works: token counts and when its queue wait ended."""
+
+    key: str = ""
+    usage: Usage = field(default_factory=Usage)
+    admitted_at: float | None = None
+
+    def admit(self) -> None:
+        if self.admitted_at is None:
+            self.admitted_at = time.monotonic()
+
+
+# A provider stream: given the request and the meter to report into, yields canonical events.
+# Its first event (MessageStart) means "accepted": anything it raises before that is a request
+# error that routes answer before the first byte.
+StreamFn = Callable[[ChatRequest, Meter], AsyncIterator[Event]]
+
+
+@dataclass(slots=True)
+class Timings:
+    created: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+    last_token: float | None = None
+    ended: float | None = None
+
+
+class Generation:
+    """One request's generation: see the module docstring."""
+
+    def __init__(
+        self,
+        request: ChatRequest,
+        stream: StreamFn,
+        *,
+        route: str,
+        provider: str,
+        owner: str = "",
+        on_token_gap: Callable[[Generation, float], None] | None = None,
+        on_end: Callable[[Generation], None] | None = None,
+    ) -> None:
+        self.id = "msg_bdrk_" + secrets.token_hex(12)
+        self.request = request
+        self.route = route
+        self.provider = provider
+        self.owner = owner
+        self.meter = Meter(key=self.id)
+        self.timings = Timings()
+        self.log: list[Event] = []
+        self.stop_reason: StopReason | None = None
+        self.stop_sequence: str | None = None
+        self.error: errors.SluicegateError | None = None
+        self._agen = stream(request, self.meter)
+        self._cancel_reason: StopReason | None = None
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._block_open = False
+        self._pending_stop: StopReason = "end_turn"
+        self._on_token_gap = on_token_gap
+        self._on_end = on_end
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Wait until the provider accepts the request, then keep generating in a task.
+
+        Raises the provider's SluicegateError if it refuses the request (nothing was sent yet).
+        """
+        try:
+            first = await self._agen.__anext__()
+        except BaseException:
+            await self._agen.aclose()
+            raise
+        self._append(first)
+        self._task = asyncio.create_task(self._run(), name=f"generation {self.id}")
+
+    def cancel(self, reason: StopReason = "cancelled") -> bool:
+        """End the generation early; the provider is closed before it produces more.
+
+        Returns False if it had already ended.
+        """
+        if self.done or self._cancel_reason is not None:
+            return False
+        self._cancel_reason = reason
+        if self._task is not None:
+            self._task.cancel()
+        return True
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None
+
+    async def wait(self) -> None:
+        """Return once the generation has ended."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        try:
+            async for event in self._agen:
+                self._append(event)
+        except asyncio.CancelledError:
+            if self._cancel_reason is None:
+                self._cancel_reason = "cancelled"
+        except errors.SluicegateError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            log.exception("provider %s failed in generation %s", self.provider, self.id)
+            self._fail(errors.SluicegateError(f"The model failed: {type(exc).__name__}"))
+        finally:
+            await self._agen.aclose()
+            self._close()
+
+    # -- the log ---------------------------------------------------------------------------
+
+    def _append(self, event: Event) -> None:
+        if self.done:
+            return
+        event = self._account(event)
+        self.log.append(event)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _account(self, event: Event) -> Event:
+        """Measure and count as events pass; fill in the figures only the Generation knows."""
+        if isinstance(event, TextDelta):
+            self._on_text()
+        elif isinstance(event, BlockStart):
+            self._block_open = True
+        elif isinstance(event, BlockStop):
+            self._block_open = False
+        elif isinstance(event, MessageStart):
+            # Responses name the model id the caller asked for, under this generation's id.
+            self.meter.usage.input_tokens = event.input_tokens
+            return MessageStart(self.id, self.request.model, event.input_tokens)
+        elif isinstance(event, MessageDelta):
+            self._pending_stop = event.stop_reason
+            self.stop_sequence = event.stop_sequence
+            return MessageDelta(event.stop_reason, event.stop_sequence, self.usage.output_tokens)
+        elif isinstance(event, MessageStop):
+            return self._end(self._pending_stop)
+        return event
+
+    def _on_text(self) -> None:
+        now = time.monotonic()
+        t = self.timings
+        if t.first_token is None:
+            t.first_token = now
+        elif t.last_token is not None and self._on_token_gap is not None:
+            self._on_token_gap(self, now - t.last_token)
+        t.last_token = now
+
+    def _fail(self, exc: errors.SluicegateError) -> None:
+        self.error = exc
+        self._append(ErrorEvent(type(exc).__name__, exc.message))
+        self._cancel_reason = "error"
+
+    def _close(self) -> None:
+        """Make sure the log ends with a terminal pair, whatever stopped the provider."""
+        if self.done:
+            return
+        reason: StopReason = self._cancel_reason or "error"
+        if self._block_open:
+            self._append(BlockStop())
+        self._append(MessageDelta(reason))
+        self._append(MessageStop())
+
+    def _end(self, reason: StopReason) -> MessageStop:
+        self.timings.ended = time.monotonic()
+        self.stop_reason = reason
+        stop = MessageStop(Usage(self.usage.input_tokens, self.usage.output_tokens), self.metrics)
+        if self._on_end is not None:
+            self._on_end(self)
+        return stop
+
+    async def follow(self, after: int = 0) -> AsyncIterator[tuple[int, Event]]:
+        """Yield (id, event) for every event with id > after, then the live tail until the end."""
+        i = after
+        while True:
+            while i < len(self.log):
+                i += 1
+                yield i, self.log[i - 1]
+            if self.done:
+                return
+            await self._changed.wait()
+
+    # -- figures ---------------------------------------------------------------------------
+
+    @property
+    def usage(self) -> Usage:
+        return self.meter.usage
+
+    @property
+    def metrics(self) -> Metrics:
+        t = self.timings
+        end = t.ended or time.monotonic()
+        admitted = self.meter.admitted_at or end
+        return Metrics(
+            queue_ms=_ms(admitted - t.created),
+            first_token_ms=None if t.first_token is None else _ms(t.first_token - t.created),
+            total_ms=_ms(end - t.created),
+        )
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))

@@ -1,0 +1,412 @@
+"""The embedded engine: one thread owns the llama context and batches every sequence.
+
+Each step advances all decoding sequences by one token and fills the rest of the batch with
+pieces of waiting prompts, so a new prompt never holds running streams hostage and a new
+stream's first token never waits for other answers to finish (continuous batching through
+llama.cpp's `llama_batch` with per-sequence ids and per-sequence KV cache removal).
+
+Other threads talk to the engine only through `submit` and `cancel`; a cancelled sequence is
+dropped before the next step and its KV cells are freed.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+from llama_cpp import _internals as llm
+
+from sluicegate import errors
+
+log = logging.getLogger(__name__)
+
+# Called on the engine thread for every sampled token: (text, tokens, finish or None).
+Sink = Callable[[str, int, str | None], None]
+# Shorter shared prefixes are recomputed: not worth a KV cache operation.
+MIN_PREFIX = 8
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Engine sizes; the defaults suit a 2-core machine and a small model."""
+
+    n_ctx: int = 8192
+    n_parallel: int = 32
+    n_batch: int = 512
+    # Prompt tokens processed per step: running streams wait for at most this much prefill.
+    prefill_chunk: int = 128
+    n_threads: int = 2
+    max_queue: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Sequence:
+    """One request inside the engine. `decoded` counts tokens sampled for it (the proof of work).
+
+    `tokens` is the prompt followed by every sampled token; the first `n_past` of them are in
+    the KV cache. A decoding sequence has exactly one token pending (the last one sampled).
+    """
+
+    key: str
+    prompt: list[int]
+    sampling: Sampling
+    sink: Sink
+    tokens: list[int] = field(default_factory=list)
+    slot: int = -1
+    n_past: int = 0
+    decoded: int = 0
+    admitted_at: float | None = None
+    cancelled: bool = False
+    finished: bool = False
+    sampler: Any = None
+    utf8: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+
+    def __post_init__(self) -> None:
+        self.tokens = list(self.prompt)
+
+    @property
+    def pending(self) -> int:
+        return len(self.tokens) - self.n_past
+
+
+@dataclass(slots=True)
+class EngineStats:
+    steps: int = 0
+    tokens_decoded: int = 0
+    prompt_tokens: int = 0
+    cancelled: int = 0
+    preempted: int = 0
+    prefix_tokens_reused: int = 0
+
+
+def silence_llama_logs() -> None:
+    """Send llama.cpp's own logging to Python's (debug level) instead of stderr."""
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+@llama_cpp.llama_log_callback  # type: ignore[misc]
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+class Engine:
+    """The scheduler thread around one llama context; see the module docstring."""
+
+    def __init__(self, model: llm.LlamaModel, config: EngineConfig) -> None:
+        self.model = model
+        self.config = config
+        self.n_ctx_seq = min(config.n_ctx, model.n_ctx_train())
+        self.ctx = llm.LlamaContext(model=model, params=self._params(config), verbose=False)
+        self.batch = llm.LlamaBatch(n_tokens=config.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.stats = EngineStats()
+        self.recent: dict[str, int] = {}
+        self._buf = ctypes.create_string_buffer(256)
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._free_slots = list(range(config.n_parallel - 1, -1, -1))
+        self._cache_slot = config.n_parallel  # one extra sequence id holds the prefix cache
+        self._cache_tokens: list[int] = []
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="sluicegate-engine", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _params(config: EngineConfig) -> Any:
+        p = llama_cpp.llama_context_default_params()
+        p.n_ctx = config.n_ctx
+        p.n_batch = p.n_ubatch = config.n_batch
+        p.n_seq_max = config.n_parallel + 1
+        p.n_threads = p.n_threads_batch = config.n_threads
+        # One KV buffer shared by all sequences, so any one may use the whole window.
+        p.kv_unified = True
+        p.no_perf = True
+        return p
+
+    # -- the public, thread-safe side --------------------------------------------------------
+
+    def submit(self, seq: Sequence) -> None:
+        """Queue a sequence, or refuse it at once (too long for the window, queue full)."""
+        if not seq.prompt:
+            raise errors.ValidationError("The prompt is empty.")
+        total = len(seq.prompt) + seq.sampling.max_tokens
+        if total > self.n_ctx_seq:
+            raise errors.ValidationError(
+                f"The prompt ({len(seq.prompt)} tokens) plus max_tokens "
+                f"({seq.sampling.max_tokens}) is {total} tokens, over this model's "
+                f"context window of {self.n_ctx_seq} tokens: shorten the prompt or lower max_tokens."
+            )
+        with self._cv:
+            if self._closed:
+                raise errors.ServiceUnavailable("The engine is shutting down.")
+            if len(self._waiting) >= self.config.max_queue:
+                raise errors.Throttled(
+                    f"Too many requests are waiting ({self.config.max_queue}); retry shortly."
+                )
+            self._waiting.append(seq)
+            self._cv.notify()
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop a sequence: it leaves the batch before the next step (or never starts)."""
+        with self._cv:
+            seq.cancelled = True
+            self._cv.notify()
+
+    def active(self) -> tuple[int, int]:
+        """(sequences running, sequences queued)."""
+        with self._cv:
+            return len(self._running), len(self._waiting)
+
+    def kv_cells_used(self) -> int:
+        """Cells that sequences hold in the KV cache (0 when idle: nothing leaked)."""
+        mem = llama_cpp.llama_get_memory(self.ctx.ctx)
+        return sum(
+            llama_cpp.llama_memory_seq_pos_max(mem, s) + 1 for s in range(self.config.n_parallel)
+        )
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
+
+    # -- the engine thread -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while self._wait_for_work():
+            try:
+                self._drop_cancelled()
+                self._admit()
+                if self._running:
+                    self._step()
+            except Exception:
+                log.exception("engine step failed; ending its sequences")
+                self._fail_running()
+
+    def _wait_for_work(self) -> bool:
+        with self._cv:
+            while not self._closed and not self._running and not self._waiting:
+                self._cv.wait()
+            return not self._closed
+
+    def _drop_cancelled(self) -> None:
+        with self._cv:
+            gone = [s for s in self._waiting if s.cancelled]
+            for s in gone:
+                self._waiting.remove(s)
+        for s in [s for s in self._running if s.cancelled]:
+            self._release(s)
+        self.stats.cancelled += len(gone)
+
+    def _admit(self) -> None:
+        with self._cv:
+            while self._waiting and self._free_slots:
+                seq = self._waiting[0]
+                if self._running and self._kv_needed() + seq.pending > self.config.n_ctx:
+                    return  # the KV cache is full: wait for a running sequence to end
+                self._waiting.popleft()
+                seq.slot = self._free_slots.pop()
+                seq.admitted_at = seq.admitted_at or time.monotonic()
+                seq.sampler = seq.sampler or _sampler(seq.sampling)
+                self._running.append(seq)
+
+    def _kv_needed(self) -> int:
+        """Cells the running sequences and the prefix cache hold, plus one step's growth each."""
+        return sum(s.n_past + 1 for s in self._running) + len(self._cache_tokens)
+
+    def _step(self) -> None:
+        if self._kv_needed() > self.config.n_ctx:
+            self.drop_prefix_cache()
+        while self._kv_needed() > self.config.n_ctx and len(self._running) > 1:
+            self._preempt(self._running[-1])
+        outputs = self._fill_batch()
+        rc = llama_cpp.llama_decode(self.ctx.ctx, self.batch.batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        self.stats.steps += 1
+        for i, seq in outputs:
+            self._sample(seq, i)
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Give the youngest sequence's cells to the others; it recomputes them when readmitted."""
+        self._free(seq)
+        seq.n_past = 0
+        with self._cv:
+            self._waiting.appendleft(seq)
+        self.stats.preempted += 1
+
+    def _fill_batch(self) -> list[tuple[int, Sequence]]:
+        """Decoding sequences first (one token each), then prompt pieces in arrival order."""
+        b = self.batch.batch
+        n, outputs = 0, []
+        budget = self.config.prefill_chunk
+        for seq in sorted(self._running, key=lambda s: s.pending > 1):
+            prefilling = seq.pending > 1
+            if prefilling and not self._reuse_prefix(seq):
+                continue  # another sequence is computing the prefix it shares: copy it next step
+            take = min(seq.pending, self.config.n_batch - n, budget if prefilling else 1)
+            if take <= 0:
+                continue
+            for tok in seq.tokens[seq.n_past : seq.n_past + take]:
+                _put(b, n, tok, seq.n_past, seq.slot, False)
+                seq.n_past += 1
+                n += 1
+            if prefilling:
+                budget -= take
+                self.stats.prompt_tokens += take
+            if seq.pending == 0:
+                b.logits[n - 1] = True
+                outputs.append((n - 1, seq))
+        b.n_tokens = n
+        return outputs
+
+    def _reuse_prefix(self, seq: Sequence) -> bool:
+        """Share KV cells with whoever holds the longest common prefix (no compute, no copy).
+
+        Returns False when an earlier sequence is still computing a longer shared prefix.
+        """
+        best, source = seq.n_past, None
+        for other, held, earlier in self._prefix_sources(seq):
+            common = _common_prefix(seq.tokens, other, len(seq.tokens) - 1)
+            if earlier and common > held and common - seq.n_past >= MIN_PREFIX:
+                return False
+            if min(common, held) > best:
+                best, source = min(common, held), other
+        if source is None or best - seq.n_past < MIN_PREFIX:
+            return True
+        src = self._cache_slot if source is self._cache_tokens else self._slot_of(source)
+        mem = llama_cpp.llama_get_memory(self.ctx.ctx)
+        llama_cpp.llama_memory_seq_rm(mem, seq.slot, seq.n_past, -1)
+        llama_cpp.llama_memory_seq_cp(mem, src, seq.slot, seq.n_past, best)
+        self.stats.prefix_tokens_reused += best - seq.n_past
+        seq.n_past = best
+        return True
+
+    def _prefix_sources(self, seq: Sequence) -> list[tuple[list[int], int, bool]]:
+        """(tokens, how many are in the KV cache, computing ahead of seq?) for each one seq may
+        share with. Only sequences admitted before seq are worth waiting for (no deadlock)."""
+        mine = self._running.index(seq)
+        found = [(s.tokens, s.n_past, i < mine) for i, s in enumerate(self._running) if s is not seq]
+        if self._cache_tokens:
+            found.append((self._cache_tokens, len(self._cache_tokens), False))
+        return found
+
+    def _slot_of(self, tokens: list[int]) -> int:
+        return next(s.slot for s in self._running if s.tokens is tokens)
+
+    def _sample(self, seq: Sequence, i: int) -> None:
+        token = llama_cpp.llama_sampler_sample(seq.sampler, self.ctx.ctx, i)
+        seq.tokens.append(token)
+        seq.decoded += 1
+        self.stats.tokens_decoded += 1
+        if llama_cpp.llama_vocab_is_eog(self.model.vocab, token):
+            self._finish(seq, seq.utf8.decode(b"", final=True), 0, "end_turn")
+            return
+        text = seq.utf8.decode(self._piece(token))
+        if seq.decoded >= seq.sampling.max_tokens:
+            self._finish(seq, text + seq.utf8.decode(b"", final=True), 1, "max_tokens")
+        else:
+            seq.sink(text, 1, None)
+
+    def _piece(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self.model.vocab, token, self._buf, len(self._buf), 0, False)
+        return self._buf.raw[:n]
+
+    def _finish(self, seq: Sequence, text: str, tokens: int, finish: str) -> None:
+        seq.finished = True
+        seq.sink(text, tokens, finish)
+        self._release(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        if seq.finished and seq.n_past >= len(seq.prompt) >= MIN_PREFIX:
+            self._retain_prompt(seq)
+        self._free(seq)
+        llama_cpp.llama_sampler_free(seq.sampler)
+        self.recent[seq.key] = seq.decoded
+        if len(self.recent) > 10000:
+            self.recent.pop(next(iter(self.recent)))
+        if seq.cancelled and not seq.finished:
+            self.stats.cancelled += 1
+        log.debug("sequence %s released after %d tokens", seq.key, seq.decoded)
+
+    def _retain_prompt(self, seq: Sequence) -> None:
+        """Keep the last finished prompt's cells, so the next request sharing it starts warm."""
+        mem = llama_cpp.llama_get_memory(self.ctx.ctx)
+        llama_cpp.llama_memory_seq_rm(mem, self._cache_slot, -1, -1)
+        llama_cpp.llama_memory_seq_cp(mem, seq.slot, self._cache_slot, 0, len(seq.prompt))
+        self._cache_tokens = list(seq.prompt)
+
+    def drop_prefix_cache(self) -> None:
+        """Forget the retained prompt (on the engine thread: call between steps only)."""
+        mem = llama_cpp.llama_get_memory(self.ctx.ctx)
+        llama_cpp.llama_memory_seq_rm(mem, self._cache_slot, -1, -1)
+        self._cache_tokens = []
+
+    def _free(self, seq: Sequence) -> None:
+        mem = llama_cpp.llama_get_memory(self.ctx.ctx)
+        llama_cpp.llama_memory_seq_rm(mem, seq.slot, -1, -1)
+        self._running.remove(seq)
+        with self._cv:
+            self._free_slots.append(seq.slot)
+
+    def _fail_running(self) -> None:
+        for seq in list(self._running):
+            seq.cancelled = True
+            seq.sink("", 0, "error")
+            self._release(seq)
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _put(b: Any, n: int, token: int, pos: int, slot: int, logits: bool) -> None:
+    b.token[n] = token
+    b.pos[n] = pos
+    b.n_seq_id[n] = 1
+    b.seq_id[n][0] = slot
+    b.logits[n] = logits
+
+
+def _sampler(s: Sampling) -> Any:
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+    def add(x: Any) -> None:
+        llama_cpp.llama_sampler_chain_add(chain, x)
+
+    if s.temperature <= 0:
+        add(llama_cpp.llama_sampler_init_greedy())
+        return chain
+    if s.top_k > 0:
+        add(llama_cpp.llama_sampler_init_top_k(s.top_k))
+    if s.top_p < 1.0:
+        add(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
+    add(llama_cpp.llama_sampler_init_temp(s.temperature))
+    seed = s.seed if s.seed is not None else secrets.randbits(32)
+    add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    return chain
+
