@@ -177,6 +177,13 @@ class Engine:
         with self._cv:
             return len(self._running), len(self._waiting)
 
+    def decoded(self, key: str) -> int | None:
+        """Tokens sampled so far for a sequence, running or recently ended."""
+        for seq in list(self._running):
+            if seq.key == key:
+                return seq.decoded
+        return self.recent.get(key)
+
     def kv_cells_used(self) -> int:
         """Cells that sequences hold in the KV cache (0 when idle: nothing leaked)."""
         mem = llama_cpp.llama_get_memory(self.ctx.ctx)

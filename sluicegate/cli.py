@@ -1,0 +1,128 @@
+"""The command line: `sluicegate serve` and `sluicegate models`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sluicegate import config
+from sluicegate.config import ProviderName, Route, Settings
+from sluicegate.gateway import Gateway
+from sluicegate.providers.base import Provider
+
+app = typer.Typer(
+    help="sluicegate: a streaming gateway for foundation models that speaks the AWS wire protocols.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML settings file (see sluicegate/config.py).")
+]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option("--model", "-m", help="A GGUF file for the local provider [default: the embedded SmolLM2-135M-Instruct]."),
+]
+RouteOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--route",
+        help="GLOB=PROVIDER: serve model ids matching GLOB with PROVIDER (local or scripted). "
+        "Repeatable, first match wins; replaces the default '*=local'.",
+    ),
+]
+
+
+def apply_flags(settings: Settings, model: Path | None, routes: list[str] | None) -> Settings:
+    updates: dict[str, object] = {}
+    if model is not None:
+        if not model.is_file():
+            raise typer.BadParameter(f"{model} is not a file", param_hint="--model")
+        updates["model"] = model
+    if routes:
+        updates["routes"] = [parse_route(r) for r in routes]
+    return settings.model_copy(update=updates)
+
+
+def parse_route(text: str) -> Route:
+    glob, sep, provider = text.rpartition("=")
+    if not sep or provider not in ("local", "scripted"):
+        raise typer.BadParameter(f"{text!r}: expected GLOB=local or GLOB=scripted", param_hint="--route")
+    return Route(match=glob, provider=provider)  # type: ignore[arg-type]
+
+
+def build_providers(settings: Settings) -> dict[ProviderName, Provider]:
+    """Only the providers some route uses: no model is loaded unless it will serve."""
+    providers: dict[ProviderName, Provider] = {}
+    for name in settings.used_providers():
+        providers[name] = _build(name, settings)
+    return providers
+
+
+def _build(name: ProviderName, settings: Settings) -> Provider:
+    if name == "scripted":
+        from sluicegate.providers.scripted import ScriptedProvider
+
+        s = settings.scripted
+        return ScriptedProvider(delay=s.delay_ms / 1000, length=s.length)
+    from sluicegate.providers.engine import EngineConfig
+    from sluicegate.providers.local import LocalProvider, embedded_model_path
+
+    path = settings.model or embedded_model_path()
+    with console.status(f"Loading {path.name} into the embedded engine..."):
+        provider = LocalProvider(path, EngineConfig(**settings.engine.model_dump()))
+    return provider
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8000].")] = None,
+    model: ModelOpt = None,
+    config_file: ConfigOpt = None,
+    route: RouteOpt = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve the Bedrock Runtime API (and /metrics) with the configured providers."""
+    import uvicorn
+
+    from sluicegate.routes.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    settings = apply_flags(config.load(config_file), model, route)
+    settings = settings.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+    gateway = Gateway(settings, build_providers(settings))
+    for provider in gateway.providers.values():
+        console.print(f"[green]ready[/green] {provider.describe()}")
+    console.print(f"Bedrock Runtime endpoint: [bold]http://{settings.host}:{settings.port}[/bold]")
+    try:
+        uvicorn.run(
+            create_app(gateway), host=settings.host, port=settings.port,
+            log_level=log_level, timeout_graceful_shutdown=5,
+        )
+    finally:
+        gateway.close()
+
+
+@app.command()
+def models(config_file: ConfigOpt = None, model: ModelOpt = None, route: RouteOpt = None) -> None:
+    """List the routes from model ids to providers, and the model file the local provider uses."""
+    from sluicegate.providers.local import embedded_model_path
+
+    settings = apply_flags(config.load(config_file), model, route)
+    for r in settings.routes:
+        console.print(f"{r.match!r:40} -> {r.provider}", highlight=False)
+    if "local" in settings.used_providers():
+        path = settings.model or embedded_model_path()
+        console.print(f"local model: {path} ({path.stat().st_size / 1e6:.0f} MB)", highlight=False)
+
+
+def main() -> None:
+    app()

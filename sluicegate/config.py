@@ -1,0 +1,79 @@
+"""Settings: a TOML file (`--config`), then command-line flags on top.
+
+    host = "127.0.0.1"
+    port = 8000
+    model = "/path/to/any.gguf"        # default: the embedded SmolLM2-135M-Instruct
+
+    [engine]                            # the local provider's batching engine
+    n_ctx = 8192
+    n_parallel = 32
+
+    [scripted]
+    delay_ms = 20
+    length = 64
+
+    [[routes]]                          # first match wins; model ids are matched as globs
+    match = "scripted*"
+    provider = "scripted"
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ProviderName = Literal["local", "scripted"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineSettings(Strict):
+    n_ctx: int = Field(8192, ge=256)
+    n_parallel: int = Field(32, ge=1, le=256)
+    n_batch: int = Field(512, ge=32)
+    prefill_chunk: int = Field(128, ge=1)
+    n_threads: int = Field(2, ge=1)
+    max_queue: int = Field(256, ge=0)
+
+
+class ScriptedSettings(Strict):
+    delay_ms: float = Field(20.0, ge=0)
+    length: int = Field(64, ge=1)
+
+
+class Route(Strict):
+    match: str
+    provider: ProviderName
+
+
+class Settings(Strict):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: Path | None = None
+    engine: EngineSettings = EngineSettings()
+    scripted: ScriptedSettings = ScriptedSettings()
+    routes: list[Route] = [Route(match="*", provider="local")]
+    max_body_bytes: int = 25 * 1024 * 1024
+
+    def provider_for(self, model_id: str) -> ProviderName | None:
+        """Which provider serves a model id: plain ids, inference profiles and ARNs alike."""
+        for route in self.routes:
+            if fnmatch.fnmatchcase(model_id, route.match):
+                return route.provider
+        return None
+
+    def used_providers(self) -> list[ProviderName]:
+        return sorted({r.provider for r in self.routes})
+
+
+def load(path: Path | None) -> Settings:
+    if path is None:
+        return Settings()
+    with path.open("rb") as f:
+        return Settings.model_validate(tomllib.load(f))

@@ -1,0 +1,98 @@
+"""The Gateway: model ids to providers, and the registry of generations with their metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Any
+
+from sluicegate import errors
+from sluicegate.config import ProviderName, Settings
+from sluicegate.events import ChatRequest
+from sluicegate.generation import Generation
+from sluicegate.metrics import GatewayMetrics
+from sluicegate.providers.base import Provider
+
+KEEP_ENDED = 1000
+
+
+class Gateway:
+    """Starts every Generation, whatever door the request came in by."""
+
+    def __init__(self, settings: Settings, providers: dict[ProviderName, Provider]) -> None:
+        self.settings = settings
+        self.providers = providers
+        self.metrics = GatewayMetrics()
+        self.generations: OrderedDict[str, Generation] = OrderedDict()
+        local = providers.get("local")
+        engine = getattr(local, "engine", None)
+        if engine is not None:
+            self.metrics.add_gauges("sluicegate_engine", lambda: engine_figures(engine))
+
+    def provider(self, model_id: str) -> Provider:
+        name = self.settings.provider_for(model_id)
+        if name is None or name not in self.providers:
+            raise errors.NotFound(f"No provider serves model id {model_id!r}: check the routes.")
+        return self.providers[name]
+
+    async def start(self, request: ChatRequest, *, route: str, owner: str = "") -> Generation:
+        """Create and start a generation; raises SluicegateError if it is refused."""
+        provider = self.provider(request.model)
+        m = self.metrics
+        gen = Generation(
+            request, provider.stream, route=route, provider=provider.name, owner=owner,
+            on_token_gap=m.gap, on_end=m.finished,
+        )
+        await gen.start()
+        m.started(gen)
+        self.generations[gen.id] = gen
+        self._forget_old()
+        return gen
+
+    async def count_tokens(self, request: ChatRequest) -> int:
+        return await self.provider(request.model).count_tokens(request)
+
+    def _forget_old(self) -> None:
+        ended = [k for k, g in self.generations.items() if g.done]
+        for key in ended[: max(0, len(ended) - KEEP_ENDED)]:
+            del self.generations[key]
+
+    def describe(self, gen: Generation) -> dict[str, Any]:
+        """A generation's state, for the introspection route and tests."""
+        engine = getattr(self.providers.get("local"), "engine", None)
+        decoded = engine.decoded(gen.id) if engine is not None else None
+        scripted = getattr(self.providers.get("scripted"), "produced", {})
+        return {
+            "id": gen.id,
+            "route": gen.route,
+            "provider": gen.provider,
+            "model": gen.request.model,
+            "done": gen.done,
+            "stop_reason": gen.stop_reason,
+            "usage": dataclasses.asdict(gen.usage),
+            "metrics": dataclasses.asdict(gen.metrics),
+            "produced_tokens": decoded if decoded is not None else scripted.get(gen.id),
+            "events": len(gen.log),
+        }
+
+    def close(self) -> None:
+        for p in self.providers.values():
+            close = getattr(p, "close", None)
+            if close is not None:
+                close()
+
+
+def engine_figures(engine: Any) -> dict[str, float]:
+    running, queued = engine.active()
+    s = engine.stats
+    return {
+        "running_sequences": running,
+        "queued_sequences": queued,
+        "kv_cells_used": engine.kv_cells_used(),
+        "steps_total": s.steps,
+        "decoded_tokens_total": s.tokens_decoded,
+        "prompt_tokens_total": s.prompt_tokens,
+        "prefix_tokens_reused_total": s.prefix_tokens_reused,
+        "cancelled_sequences_total": s.cancelled,
+        "preempted_sequences_total": s.preempted,
+    }

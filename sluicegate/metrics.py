@@ -1,0 +1,81 @@
+"""Prometheus metrics, one registry per gateway (so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sluicegate.generation import Generation
+
+LABELS = ("route", "provider")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30)
+GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 5)
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320, 900)
+
+
+class GatewayMetrics:
+    """Time to first token, inter-token gaps, durations, stop reasons and tokens, by route."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ttft = Histogram(
+            "sluicegate_time_to_first_token_seconds", "Request accepted to first text delta",
+            LABELS, buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.itl = Histogram(
+            "sluicegate_inter_token_latency_seconds", "Gap between consecutive text deltas",
+            LABELS, buckets=GAP_BUCKETS, registry=r,
+        )
+        self.duration = Histogram(
+            "sluicegate_generation_duration_seconds", "Request accepted to the last event",
+            LABELS, buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.queue = Histogram(
+            "sluicegate_queue_seconds", "Request accepted to the model starting on it",
+            LABELS, buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.active = Gauge("sluicegate_active_generations", "Generations running", LABELS, registry=r)
+        self.ended = Counter(
+            "sluicegate_generations", "Generations ended, by stop reason",
+            (*LABELS, "stop_reason"), registry=r,
+        )
+        self.tokens = Counter(
+            "sluicegate_tokens", "Tokens in and out (from the model's tokenizer)",
+            (*LABELS, "direction"), registry=r,
+        )
+
+    def started(self, gen: Generation) -> None:
+        self.active.labels(gen.route, gen.provider).inc()
+
+    def gap(self, gen: Generation, seconds: float) -> None:
+        self.itl.labels(gen.route, gen.provider).observe(seconds)
+
+    def finished(self, gen: Generation) -> None:
+        labels = (gen.route, gen.provider)
+        self.active.labels(*labels).dec()
+        self.ended.labels(*labels, gen.stop_reason or "error").inc()
+        self.tokens.labels(*labels, "input").inc(gen.usage.input_tokens)
+        self.tokens.labels(*labels, "output").inc(gen.usage.output_tokens)
+        m = gen.metrics
+        self.duration.labels(*labels).observe(m.total_ms / 1000)
+        self.queue.labels(*labels).observe(m.queue_ms / 1000)
+        if m.first_token_ms is not None:
+            self.ttft.labels(*labels).observe(m.first_token_ms / 1000)
+
+    def add_gauges(self, name: str, read: Callable[[], dict[str, float]]) -> None:
+        """Expose figures read at scrape time, e.g. the engine's counters."""
+        self.registry.register(_Gauges(name, read))
+
+
+class _Gauges(Collector):
+    def __init__(self, prefix: str, read: Callable[[], dict[str, float]]) -> None:
+        self.prefix = prefix
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        for key, value in self.read().items():
+            yield GaugeMetricFamily(f"{self.prefix}_{key}", f"{self.prefix} {key}", value=value)

@@ -1,0 +1,1 @@
+"""Model providers: each turns a canonical request into canonical events."""

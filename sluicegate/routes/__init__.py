@@ -1,0 +1,1 @@
+"""The ASGI routes: the only code that knows about HTTP and WebSockets."""

@@ -1,0 +1,212 @@
+"""Bedrock Runtime: InvokeModel(+WithResponseStream), Converse(+Stream) and CountTokens.
+
+Requests signed with SigV4 or carrying a Bearer key are accepted as they are (no verification
+yet). Errors before the first byte are Bedrock's own: status, `x-amzn-ErrorType` and
+`{"message"}`; after it, an exception frame in the event stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sluicegate import errors
+from sluicegate.codecs import eventstream
+from sluicegate.events import ChatRequest, ErrorEvent, Event, MessageDelta, MessageStop
+from sluicegate.gateway import Gateway
+from sluicegate.generation import Generation
+from sluicegate.routes.streaming import StreamResponse, wait_or_disconnect
+from sluicegate.translate import anthropic, converse
+
+EVENTSTREAM = "application/vnd.amazon.eventstream"
+ERROR_NAMESPACE = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
+ROUTE = "bedrock"
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(exc: errors.SluicegateError, request_id: str = "") -> JSONResponse:
+    """The error boto3 turns into the modelled exception (e.g. ValidationException)."""
+    headers = {"x-amzn-ErrorType": exc.bedrock + ERROR_NAMESPACE}
+    if request_id:
+        headers["x-amzn-RequestId"] = request_id
+    return JSONResponse({"message": exc.message}, exc.status, headers=headers)
+
+
+def bedrock_errors(endpoint: Endpoint) -> Endpoint:
+    @functools.wraps(endpoint)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except errors.SluicegateError as exc:
+            return error_response(exc)
+
+    return wrapped
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused as soon as it passes the configured limit (25 MB)."""
+    limit: int = gateway_of(request).settings.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(len(body), limit)
+    return bytes(body)
+
+
+def _too_large(size: int, limit: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(
+        f"The request body ({size:,} bytes or more) is over the {limit:,}-byte limit: send less."
+    )
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def start(request: Request, parse: Callable[[str, bytes], ChatRequest]) -> Generation:
+    model_id = request.path_params["model_id"]
+    chat = parse(model_id, await read_body(request))
+    return await gateway_of(request).start(chat, route=ROUTE, owner=_owner(request))
+
+
+def _owner(request: Request) -> str:
+    """Who is calling: the SigV4 access key id or a hash-free Bearer key prefix (not verified)."""
+    auth = request.headers.get("authorization", "")
+    if "Credential=" in auth:
+        return auth.split("Credential=", 1)[1].split("/", 1)[0]
+    if auth.lower().startswith("bearer "):
+        return "bearer:" + auth[7:15]
+    return ""
+
+
+async def finished_events(request: Request, gen: Generation) -> list[Event]:
+    """The whole log of a non-streaming call; an error in it becomes the error response."""
+    await wait_or_disconnect(request, gen)
+    if gen.error is not None:
+        raise gen.error
+    if gen.stop_reason == "timeout":
+        raise errors.ModelTimeout("The model did not finish in time.")
+    return gen.log
+
+
+def _headers(gen: Generation, **extra: str) -> dict[str, str]:
+    return {"x-amzn-RequestId": gen.id, **extra}
+
+
+# -- InvokeModel / InvokeModelWithResponseStream ---------------------------------------------
+
+
+@bedrock_errors
+async def invoke(request: Request) -> Response:
+    gen = await start(request, anthropic.parse_body)
+    events = await finished_events(request, gen)
+    u, m = gen.usage, gen.metrics
+    headers = _headers(
+        gen,
+        **{
+            "X-Amzn-Bedrock-Input-Token-Count": str(u.input_tokens),
+            "X-Amzn-Bedrock-Output-Token-Count": str(u.output_tokens),
+            "X-Amzn-Bedrock-Invocation-Latency": str(m.total_ms),
+        },
+    )
+    return JSONResponse(anthropic.message_json(events), headers=headers)
+
+
+@bedrock_errors
+async def invoke_stream(request: Request) -> Response:
+    gen = await start(request, anthropic.parse_body)
+    headers = _headers(gen, **{"X-Amzn-Bedrock-Content-Type": "application/json"})
+    return StreamResponse(gen, chunk_frames(gen), EVENTSTREAM, headers)
+
+
+async def chunk_frames(gen: Generation) -> AsyncIterator[bytes]:
+    """One `chunk` frame per Anthropic stream event; failures end with an exception frame."""
+    async for _, event in gen.follow():
+        failure = _failure(event)
+        if failure is not None:
+            yield eventstream.exception(failure.bedrock_event, failure.message)
+            return
+        data = anthropic.event_json(event)
+        if data is None:
+            continue
+        if isinstance(event, MessageStop):
+            data["amazon-bedrock-invocationMetrics"] = anthropic.invocation_metrics(event)
+        raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        yield eventstream.event("chunk", converse.dumps({"bytes": base64.b64encode(raw).decode()}))
+
+
+def _failure(event: Event) -> errors.SluicegateError | None:
+    """An in-band error, or a timeout (which Bedrock reports as modelTimeoutException)."""
+    if isinstance(event, ErrorEvent):
+        return errors.from_event(event.code, event.message)
+    if isinstance(event, MessageDelta) and event.stop_reason == "timeout":
+        return errors.ModelTimeout("The model did not finish in time.")
+    return None
+
+
+# -- Converse / ConverseStream -----------------------------------------------------------------
+
+
+@bedrock_errors
+async def converse_once(request: Request) -> Response:
+    gen = await start(request, converse.parse_body)
+    events = await finished_events(request, gen)
+    return JSONResponse(converse.response_json(events), headers=_headers(gen))
+
+
+@bedrock_errors
+async def converse_stream(request: Request) -> Response:
+    gen = await start(request, converse.parse_body)
+    return StreamResponse(gen, converse_frames(gen), EVENTSTREAM, _headers(gen))
+
+
+async def converse_frames(gen: Generation) -> AsyncIterator[bytes]:
+    async for _, event in gen.follow():
+        failure = _failure(event)
+        if failure is not None:
+            yield eventstream.exception(failure.bedrock_event, failure.message)
+            return
+        out = converse.stream_event(event)
+        if out is not None:
+            yield eventstream.event(out[0], converse.dumps(out[1]))
+
+
+# -- CountTokens ---------------------------------------------------------------------------------
+
+
+@bedrock_errors
+async def count_tokens(request: Request) -> Response:
+    chat = converse.count_input(request.path_params["model_id"], await read_body(request))
+    return JSONResponse({"inputTokens": await gateway_of(request).count_tokens(chat)})
+
+
+def unknown_operation(path: str, method: str) -> JSONResponse:
+    return error_response(
+        errors.UnknownOperation(f"No operation matches {method} {path}: check the endpoint URL.")
+    )
+
+
+def routes() -> list[Route]:
+    def r(suffix: str, endpoint: Any) -> Route:
+        return Route("/model/{model_id:path}/" + suffix, endpoint, methods=["POST"])
+
+    return [
+        r("invoke", invoke),
+        r("invoke-with-response-stream", invoke_stream),
+        r("converse", converse_once),
+        r("converse-stream", converse_stream),
+        r("count-tokens", count_tokens),
+    ]

@@ -1,0 +1,70 @@
+"""Streaming responses that notice a client going away, at any moment.
+
+Starlette's StreamingResponse only learns of a disconnect when a send fails, and abandons its
+iterator without closing it. Here a watcher reads `http.disconnect` from the start, so a client
+that leaves while the request is queued or between tokens cancels its generation at once, and the
+body iterator is always closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from sluicegate.generation import Generation
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def wait_or_disconnect(request: Request, gen: Generation) -> None:
+    """Wait for a generation to end; cancel it as `disconnected` if the client leaves first."""
+    watcher = asyncio.create_task(_until_disconnect(request.receive))
+    finished = asyncio.create_task(gen.wait())
+    try:
+        done, _ = await asyncio.wait({watcher, finished}, return_when=asyncio.FIRST_COMPLETED)
+        if watcher in done:
+            gen.cancel("disconnected")
+        await finished
+    finally:
+        watcher.cancel()
+        finished.cancel()
+
+
+class StreamResponse(Response):
+    """Sends each chunk as it comes (chunked encoding); a disconnect cancels the generation."""
+
+    def __init__(
+        self,
+        gen: Generation,
+        chunks: AsyncIterator[bytes],
+        media_type: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(media_type=media_type, headers=headers)
+        # No content-length: the body goes out chunked, each piece as soon as it exists.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self.gen = gen
+        self.chunks = chunks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.create_task(_until_disconnect(receive))
+        watcher.add_done_callback(lambda t: t.cancelled() or self.gen.cancel("disconnected"))
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            async with contextlib.aclosing(self.chunks):
+                async for chunk in self.chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the client went away mid-send
+            self.gen.cancel("disconnected")
+        finally:
+            watcher.cancel()

@@ -1,0 +1,1 @@
+"""Wire shapes to and from canonical form: pure functions, no I/O."""

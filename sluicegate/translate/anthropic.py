@@ -1,0 +1,201 @@
+"""Anthropic Messages bodies (as Bedrock's InvokeModel takes them) to and from canonical form."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sluicegate.errors import ValidationError
+from sluicegate.events import (
+    BlockStart,
+    BlockStop,
+    ChatRequest,
+    ErrorEvent,
+    Event,
+    Message,
+    MessageDelta,
+    MessageStart,
+    MessageStop,
+    Ping,
+    TextDelta,
+)
+
+BEDROCK_VERSION = "bedrock-2023-05-31"
+KNOWN_KEYS = {
+    "anthropic_version", "max_tokens", "messages", "system", "temperature", "top_p", "top_k",
+    "stop_sequences", "metadata", "anthropic_beta",
+}
+UNSUPPORTED_KEYS = {"tools", "tool_choice", "thinking"}
+UNSUPPORTED_BLOCKS = {"image", "document", "tool_use", "tool_result", "thinking"}
+MAX_STOP_SEQUENCES = 8191
+
+
+def malformed(detail: str) -> ValidationError:
+    return ValidationError(f"Malformed input request: {detail}, please reformat your input and try again.")
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise malformed(f"the body is not valid JSON ({exc})") from None
+
+
+def parse_body(model: str, raw: bytes) -> ChatRequest:
+    """Validate a Bedrock Anthropic Messages body and give its canonical request."""
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise malformed("the body must be a JSON object")
+    extra = sorted(set(body) - KNOWN_KEYS - UNSUPPORTED_KEYS)
+    if extra:
+        raise malformed(f"extraneous key [{extra[0]}] is not permitted")
+    for key in sorted(UNSUPPORTED_KEYS & set(body)):
+        raise ValidationError(f"[{key}] is not supported by sluicegate yet: remove it.")
+    if "anthropic_version" not in body:
+        raise malformed("#: required key [anthropic_version] not found")
+    if body["anthropic_version"] != BEDROCK_VERSION:
+        raise malformed(f"anthropic_version must be {BEDROCK_VERSION!r}")
+    if "max_tokens" not in body:
+        raise malformed("#: required key [max_tokens] not found")
+    return ChatRequest(
+        model=model,
+        messages=parse_messages(body.get("messages")),
+        max_tokens=integer(body, "max_tokens", 1),
+        system=system_text(body.get("system", "")),
+        temperature=number(body, "temperature", 1.0, 0.0, 1.0),
+        top_p=number(body, "top_p", 1.0, 0.0, 1.0),
+        top_k=integer(body, "top_k", 0, default=0),
+        stop_sequences=string_list(body, "stop_sequences"),
+    )
+
+
+def integer(body: Mapping[str, Any], key: str, low: int, *, default: int | None = None) -> int:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise malformed(f"#/{key}: expected an integer, found {json.dumps(value)}")
+    if value < low:
+        raise malformed(f"#/{key}: {value} is not greater or equal to {low}")
+    return value
+
+
+def number(body: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise malformed(f"#/{key}: expected a number, found {json.dumps(value)}")
+    if not low <= value <= high:
+        raise malformed(f"#/{key}: {value} is not between {low:g} and {high:g}")
+    return float(value)
+
+
+def string_list(body: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise malformed(f"#/{key}: expected a list of strings")
+    if len(value) > MAX_STOP_SEQUENCES:
+        raise malformed(f"#/{key}: at most {MAX_STOP_SEQUENCES} entries")
+    return tuple(value)
+
+
+def system_text(system: Any) -> str:
+    if isinstance(system, str):
+        return system
+    if isinstance(system, list):
+        return "\n".join(block_text(b, "#/system") for b in system)
+    raise malformed("#/system: expected a string or a list of text blocks")
+
+
+def parse_messages(messages: Any) -> tuple[Message, ...]:
+    if not isinstance(messages, list) or not messages:
+        raise malformed("#/messages: expected a non-empty list of messages")
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        where = f"#/messages/{i}"
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+            raise malformed(f"{where}: each message needs a role of 'user' or 'assistant'")
+        if set(m) - {"role", "content"}:
+            raise malformed(f"{where}: extraneous key [{sorted(set(m) - {'role', 'content'})[0]}] is not permitted")
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            raise ValidationError(
+                "messages: roles must alternate between 'user' and 'assistant', starting with "
+                f"'user'; message {i} has role {m['role']!r}."
+            )
+        out.append(Message(m["role"], content_text(m.get("content"), where)))
+    return tuple(out)
+
+
+def content_text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not content:
+        raise malformed(f"{where}/content: expected a string or a non-empty list of content blocks")
+    return "".join(block_text(b, f"{where}/content/{j}") for j, b in enumerate(content))
+
+
+def block_text(block: Any, where: str) -> str:
+    kind = block.get("type") if isinstance(block, dict) else None
+    if kind == "text" and isinstance(block.get("text"), str):
+        return str(block["text"])
+    if kind in UNSUPPORTED_BLOCKS:
+        raise ValidationError(f"{where}: content blocks of type {kind!r} are not supported yet; send 'text' blocks.")
+    raise malformed(f"{where}: unknown content block type {json.dumps(kind)}; expected 'text'")
+
+
+# -- canonical events to Anthropic stream events -----------------------------------------------
+
+
+def event_json(event: Event) -> dict[str, Any] | None:
+    """The Anthropic stream event for a canonical event (None: nothing to send)."""
+    match event:
+        case MessageStart():
+            return {"type": "message_start", "message": {
+                "id": event.message_id, "type": "message", "role": "assistant",
+                "model": event.model, "content": [], "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": event.input_tokens, "output_tokens": 0},
+            }}
+        case BlockStart():
+            return {"type": "content_block_start", "index": event.index,
+                    "content_block": {"type": "text", "text": ""}}
+        case TextDelta():
+            return {"type": "content_block_delta", "index": event.index,
+                    "delta": {"type": "text_delta", "text": event.text}}
+        case BlockStop():
+            return {"type": "content_block_stop", "index": event.index}
+        case MessageDelta():
+            return {"type": "message_delta",
+                    "delta": {"stop_reason": event.stop_reason, "stop_sequence": event.stop_sequence},
+                    "usage": {"output_tokens": event.output_tokens}}
+        case MessageStop():
+            return {"type": "message_stop"}
+        case ErrorEvent():
+            return {"type": "error", "error": {"type": "api_error", "message": event.message}}
+        case Ping():
+            return {"type": "ping"}
+    return None
+
+
+def invocation_metrics(stop: MessageStop) -> dict[str, int]:
+    """Bedrock's `amazon-bedrock-invocationMetrics`, from the Generation's own figures."""
+    m = stop.metrics
+    return {
+        "inputTokenCount": stop.usage.input_tokens,
+        "outputTokenCount": stop.usage.output_tokens,
+        "invocationLatency": m.total_ms if m else 0,
+        "firstByteLatency": (m.first_token_ms or m.total_ms) if m else 0,
+    }
+
+
+def message_json(events: list[Event]) -> dict[str, Any]:
+    """The whole InvokeModel response: the message that the events spell out."""
+    start = next(e for e in events if isinstance(e, MessageStart))
+    delta = next(e for e in events if isinstance(e, MessageDelta))
+    stop = next(e for e in events if isinstance(e, MessageStop))
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    return {
+        "id": start.message_id, "type": "message", "role": "assistant", "model": start.model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": delta.stop_reason, "stop_sequence": delta.stop_sequence,
+        "usage": {"input_tokens": stop.usage.input_tokens, "output_tokens": stop.usage.output_tokens},
+    }
