@@ -15,18 +15,23 @@ from sluicegate.gateway import Gateway
 from sluicegate.providers.base import Provider
 
 app = typer.Typer(
-    help="sluicegate: a streaming gateway for foundation models that speaks the AWS wire protocols.",
+    help="sluicegate: a streaming gateway for foundation models, speaking AWS wire protocols.",
     no_args_is_help=True,
     add_completion=False,
 )
 console = Console(stderr=True)
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML settings file (see sluicegate/config.py).")
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (see sluicegate/config.py)."),
 ]
 ModelOpt = Annotated[
     Path | None,
-    typer.Option("--model", "-m", help="A GGUF file for the local provider [default: the embedded SmolLM2-135M-Instruct]."),
+    typer.Option(
+        "--model",
+        "-m",
+        help="A GGUF file for the local provider [default: the embedded SmolLM2-135M-Instruct].",
+    ),
 ]
 RouteOpt = Annotated[
     list[str] | None,
@@ -52,8 +57,10 @@ def apply_flags(settings: Settings, model: Path | None, routes: list[str] | None
 def parse_route(text: str) -> Route:
     glob, sep, provider = text.rpartition("=")
     if not sep or provider not in ("local", "scripted"):
-        raise typer.BadParameter(f"{text!r}: expected GLOB=local or GLOB=scripted", param_hint="--route")
-    return Route(match=glob, provider=provider)  # type: ignore[arg-type]
+        raise typer.BadParameter(
+            f"{text!r}: expected GLOB=local or GLOB=scripted", param_hint="--route"
+        )
+    return Route.model_validate({"match": glob, "provider": provider})
 
 
 def build_providers(settings: Settings) -> dict[ProviderName, Provider]:
@@ -104,8 +111,11 @@ def serve(
     console.print(f"Bedrock Runtime endpoint: [bold]http://{settings.host}:{settings.port}[/bold]")
     try:
         uvicorn.run(
-            create_app(gateway), host=settings.host, port=settings.port,
-            log_level=log_level, timeout_graceful_shutdown=5,
+            create_app(gateway),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            timeout_graceful_shutdown=5,
         )
     finally:
         gateway.close()

@@ -1,20 +1,20 @@
 """Settings: a TOML file (`--config`), then command-line flags on top.
 
-    host = "127.0.0.1"
-    port = 8000
-    model = "/path/to/any.gguf"        # default: the embedded SmolLM2-135M-Instruct
+host = "127.0.0.1"
+port = 8000
+model = "/path/to/any.gguf"        # default: the embedded SmolLM2-135M-Instruct
 
-    [engine]                            # the local provider's batching engine
-    n_ctx = 8192
-    n_parallel = 32
+[engine]                            # the local provider's batching engine
+n_ctx = 8192
+n_parallel = 32
 
-    [scripted]
-    delay_ms = 20
-    length = 64
+[scripted]
+delay_ms = 20
+length = 64
 
-    [[routes]]                          # first match wins; model ids are matched as globs
-    match = "scripted*"
-    provider = "scripted"
+[[routes]]                          # first match wins; model ids are matched as globs
+match = "scripted*"
+provider = "scripted"
 """
 
 from __future__ import annotations

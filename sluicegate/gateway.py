@@ -40,8 +40,13 @@ class Gateway:
         provider = self.provider(request.model)
         m = self.metrics
         gen = Generation(
-            request, provider.stream, route=route, provider=provider.name, owner=owner,
-            on_token_gap=m.gap, on_end=m.finished,
+            request,
+            provider.stream,
+            route=route,
+            provider=provider.name,
+            owner=owner,
+            on_token_gap=m.gap,
+            on_end=m.finished,
         )
         await gen.start()
         m.started(gen)

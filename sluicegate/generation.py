@@ -14,7 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from sluicegate import errors
@@ -52,7 +52,7 @@ class Meter:
 # A provider stream: given the request and the meter to report into, yields canonical events.
 # Its first event (MessageStart) means "accepted": anything it raises before that is a request
 # error that routes answer before the first byte.
-StreamFn = Callable[[ChatRequest, Meter], AsyncIterator[Event]]
+StreamFn = Callable[[ChatRequest, Meter], AsyncGenerator[Event, None]]
 
 
 @dataclass(slots=True)

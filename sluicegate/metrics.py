@@ -23,29 +23,47 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.ttft = Histogram(
-            "sluicegate_time_to_first_token_seconds", "Request accepted to first text delta",
-            LABELS, buckets=LATENCY_BUCKETS, registry=r,
+            "sluicegate_time_to_first_token_seconds",
+            "Request accepted to first text delta",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.itl = Histogram(
-            "sluicegate_inter_token_latency_seconds", "Gap between consecutive text deltas",
-            LABELS, buckets=GAP_BUCKETS, registry=r,
+            "sluicegate_inter_token_latency_seconds",
+            "Gap between consecutive text deltas",
+            LABELS,
+            buckets=GAP_BUCKETS,
+            registry=r,
         )
         self.duration = Histogram(
-            "sluicegate_generation_duration_seconds", "Request accepted to the last event",
-            LABELS, buckets=DURATION_BUCKETS, registry=r,
+            "sluicegate_generation_duration_seconds",
+            "Request accepted to the last event",
+            LABELS,
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.queue = Histogram(
-            "sluicegate_queue_seconds", "Request accepted to the model starting on it",
-            LABELS, buckets=LATENCY_BUCKETS, registry=r,
+            "sluicegate_queue_seconds",
+            "Request accepted to the model starting on it",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
-        self.active = Gauge("sluicegate_active_generations", "Generations running", LABELS, registry=r)
+        self.active = Gauge(
+            "sluicegate_active_generations", "Generations running", LABELS, registry=r
+        )
         self.ended = Counter(
-            "sluicegate_generations", "Generations ended, by stop reason",
-            (*LABELS, "stop_reason"), registry=r,
+            "sluicegate_generations",
+            "Generations ended, by stop reason",
+            (*LABELS, "stop_reason"),
+            registry=r,
         )
         self.tokens = Counter(
-            "sluicegate_tokens", "Tokens in and out (from the model's tokenizer)",
-            (*LABELS, "direction"), registry=r,
+            "sluicegate_tokens",
+            "Tokens in and out (from the model's tokenizer)",
+            (*LABELS, "direction"),
+            registry=r,
         )
 
     def started(self, gen: Generation) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -27,7 +27,7 @@ class Provider(Protocol):
 
     name: str
 
-    def stream(self, request: ChatRequest, meter: Meter) -> AsyncIterator[Event]:
+    def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
         """Yield MessageStart once the request is accepted (raise SluicegateError before it
         to refuse), then the rest of the message. Closing the iterator must stop the work."""
         ...
@@ -82,8 +82,8 @@ class StopScanner:
 
 
 async def text_message(
-    request: ChatRequest, meter: Meter, input_tokens: int, pieces: AsyncIterator[Piece]
-) -> AsyncIterator[Event]:
+    request: ChatRequest, meter: Meter, input_tokens: int, pieces: AsyncGenerator[Piece, None]
+) -> AsyncGenerator[Event, None]:
     """Frame generated pieces as one text message, applying the request's stop sequences.
 
     `pieces` is closed on every way out, which is how the producer learns to stop.
@@ -113,5 +113,7 @@ async def text_message(
         yield event
 
 
-def _ending(reason: Literal["end_turn", "max_tokens", "stop_sequence"], stop: str | None) -> list[Event]:
+def _ending(
+    reason: Literal["end_turn", "max_tokens", "stop_sequence"], stop: str | None
+) -> list[Event]:
     return [BlockStop(), MessageDelta(reason, stop), MessageStop()]

@@ -104,7 +104,7 @@ def silence_llama_logs() -> None:
     llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 
 
-@llama_cpp.llama_log_callback  # type: ignore[misc]
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
@@ -128,8 +128,20 @@ class Engine:
         self._cache_tokens: list[int] = []
         self._cv = threading.Condition()
         self._closed = False
+        self._warm_up()
         self._thread = threading.Thread(target=self._loop, name="sluicegate-engine", daemon=True)
         self._thread.start()
+
+    def _warm_up(self) -> None:
+        """Run a prompt-sized and a token-sized batch once, so the first request is not the one
+        that pages the weights in and sizes the compute buffers."""
+        b = self.batch.batch
+        for size in (min(64, self.config.n_batch), 1):
+            for i in range(size):
+                _put(b, i, self.model.token_bos(), i, 0, i == size - 1)
+            b.n_tokens = size
+            llama_cpp.llama_decode(self.ctx.ctx, b)
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx.ctx), True)
 
     @staticmethod
     def _params(config: EngineConfig) -> Any:
@@ -154,7 +166,8 @@ class Engine:
             raise errors.ValidationError(
                 f"The prompt ({len(seq.prompt)} tokens) plus max_tokens "
                 f"({seq.sampling.max_tokens}) is {total} tokens, over this model's "
-                f"context window of {self.n_ctx_seq} tokens: shorten the prompt or lower max_tokens."
+                f"context window of {self.n_ctx_seq} tokens: "
+                "shorten the prompt or lower max_tokens."
             )
         with self._cv:
             if self._closed:
@@ -313,7 +326,9 @@ class Engine:
         """(tokens, how many are in the KV cache, computing ahead of seq?) for each one seq may
         share with. Only sequences admitted before seq are worth waiting for (no deadlock)."""
         mine = self._running.index(seq)
-        found = [(s.tokens, s.n_past, i < mine) for i, s in enumerate(self._running) if s is not seq]
+        found = [
+            (s.tokens, s.n_past, i < mine) for i, s in enumerate(self._running) if s is not seq
+        ]
         if self._cache_tokens:
             found.append((self._cache_tokens, len(self._cache_tokens), False))
         return found
@@ -336,7 +351,9 @@ class Engine:
             seq.sink(text, 1, None)
 
     def _piece(self, token: int) -> bytes:
-        n = llama_cpp.llama_token_to_piece(self.model.vocab, token, self._buf, len(self._buf), 0, False)
+        n = llama_cpp.llama_token_to_piece(
+            self.model.vocab, token, self._buf, len(self._buf), 0, False
+        )
         return self._buf.raw[:n]
 
     def _finish(self, seq: Sequence, text: str, tokens: int, finish: str) -> None:
@@ -416,4 +433,3 @@ def _sampler(s: Sampling) -> Any:
     seed = s.seed if s.seed is not None else secrets.randbits(32)
     add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
     return chain
-

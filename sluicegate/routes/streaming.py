@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -44,7 +44,7 @@ class StreamResponse(Response):
     def __init__(
         self,
         gen: Generation,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncGenerator[bytes, None],
         media_type: str,
         headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -58,8 +58,13 @@ class StreamResponse(Response):
         watcher = asyncio.create_task(_until_disconnect(receive))
         watcher.add_done_callback(lambda t: t.cancelled() or self.gen.cancel("disconnected"))
         try:
-            await send({"type": "http.response.start", "status": self.status_code,
-                        "headers": self.raw_headers})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
             async with contextlib.aclosing(self.chunks):
                 async for chunk in self.chunks:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})

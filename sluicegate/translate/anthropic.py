@@ -23,8 +23,16 @@ from sluicegate.events import (
 
 BEDROCK_VERSION = "bedrock-2023-05-31"
 KNOWN_KEYS = {
-    "anthropic_version", "max_tokens", "messages", "system", "temperature", "top_p", "top_k",
-    "stop_sequences", "metadata", "anthropic_beta",
+    "anthropic_version",
+    "max_tokens",
+    "messages",
+    "system",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "metadata",
+    "anthropic_beta",
 }
 UNSUPPORTED_KEYS = {"tools", "tool_choice", "thinking"}
 UNSUPPORTED_BLOCKS = {"image", "document", "tool_use", "tool_result", "thinking"}
@@ -32,7 +40,9 @@ MAX_STOP_SEQUENCES = 8191
 
 
 def malformed(detail: str) -> ValidationError:
-    return ValidationError(f"Malformed input request: {detail}, please reformat your input and try again.")
+    return ValidationError(
+        f"Malformed input request: {detail}, please reformat your input and try again."
+    )
 
 
 def parse_json(raw: bytes) -> Any:
@@ -113,8 +123,9 @@ def parse_messages(messages: Any) -> tuple[Message, ...]:
         where = f"#/messages/{i}"
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
             raise malformed(f"{where}: each message needs a role of 'user' or 'assistant'")
-        if set(m) - {"role", "content"}:
-            raise malformed(f"{where}: extraneous key [{sorted(set(m) - {'role', 'content'})[0]}] is not permitted")
+        extra = sorted(set(m) - {"role", "content"})
+        if extra:
+            raise malformed(f"{where}: extraneous key [{extra[0]}] is not permitted")
         expected = "user" if i % 2 == 0 else "assistant"
         if m["role"] != expected:
             raise ValidationError(
@@ -138,7 +149,9 @@ def block_text(block: Any, where: str) -> str:
     if kind == "text" and isinstance(block.get("text"), str):
         return str(block["text"])
     if kind in UNSUPPORTED_BLOCKS:
-        raise ValidationError(f"{where}: content blocks of type {kind!r} are not supported yet; send 'text' blocks.")
+        raise ValidationError(
+            f"{where}: content blocks of type {kind!r} are not supported yet; send 'text' blocks."
+        )
     raise malformed(f"{where}: unknown content block type {json.dumps(kind)}; expected 'text'")
 
 
@@ -149,24 +162,39 @@ def event_json(event: Event) -> dict[str, Any] | None:
     """The Anthropic stream event for a canonical event (None: nothing to send)."""
     match event:
         case MessageStart():
-            return {"type": "message_start", "message": {
-                "id": event.message_id, "type": "message", "role": "assistant",
-                "model": event.model, "content": [], "stop_reason": None,
-                "stop_sequence": None,
-                "usage": {"input_tokens": event.input_tokens, "output_tokens": 0},
-            }}
+            return {
+                "type": "message_start",
+                "message": {
+                    "id": event.message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": event.model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": event.input_tokens, "output_tokens": 0},
+                },
+            }
         case BlockStart():
-            return {"type": "content_block_start", "index": event.index,
-                    "content_block": {"type": "text", "text": ""}}
+            return {
+                "type": "content_block_start",
+                "index": event.index,
+                "content_block": {"type": "text", "text": ""},
+            }
         case TextDelta():
-            return {"type": "content_block_delta", "index": event.index,
-                    "delta": {"type": "text_delta", "text": event.text}}
+            return {
+                "type": "content_block_delta",
+                "index": event.index,
+                "delta": {"type": "text_delta", "text": event.text},
+            }
         case BlockStop():
             return {"type": "content_block_stop", "index": event.index}
         case MessageDelta():
-            return {"type": "message_delta",
-                    "delta": {"stop_reason": event.stop_reason, "stop_sequence": event.stop_sequence},
-                    "usage": {"output_tokens": event.output_tokens}}
+            return {
+                "type": "message_delta",
+                "delta": {"stop_reason": event.stop_reason, "stop_sequence": event.stop_sequence},
+                "usage": {"output_tokens": event.output_tokens},
+            }
         case MessageStop():
             return {"type": "message_stop"}
         case ErrorEvent():
@@ -194,8 +222,15 @@ def message_json(events: list[Event]) -> dict[str, Any]:
     stop = next(e for e in events if isinstance(e, MessageStop))
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     return {
-        "id": start.message_id, "type": "message", "role": "assistant", "model": start.model,
+        "id": start.message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": start.model,
         "content": [{"type": "text", "text": text}],
-        "stop_reason": delta.stop_reason, "stop_sequence": delta.stop_sequence,
-        "usage": {"input_tokens": stop.usage.input_tokens, "output_tokens": stop.usage.output_tokens},
+        "stop_reason": delta.stop_reason,
+        "stop_sequence": delta.stop_sequence,
+        "usage": {
+            "input_tokens": stop.usage.input_tokens,
+            "output_tokens": stop.usage.output_tokens,
+        },
     }

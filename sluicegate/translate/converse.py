@@ -24,9 +24,17 @@ from sluicegate.translate.anthropic import integer, malformed, number, parse_jso
 
 DEFAULT_MAX_TOKENS = 2048
 KNOWN_KEYS = {
-    "modelId", "messages", "system", "inferenceConfig", "additionalModelRequestFields",
-    "requestMetadata", "performanceConfig", "serviceTier", "additionalModelResponseFieldPaths",
-    "promptVariables", "projectIdentifier",
+    "modelId",
+    "messages",
+    "system",
+    "inferenceConfig",
+    "additionalModelRequestFields",
+    "requestMetadata",
+    "performanceConfig",
+    "serviceTier",
+    "additionalModelResponseFieldPaths",
+    "promptVariables",
+    "projectIdentifier",
 }
 UNSUPPORTED_KEYS = {"toolConfig", "guardrailConfig", "outputConfig"}
 
@@ -91,7 +99,9 @@ def block_text(block: Any, where: str) -> str:
     if isinstance(block, dict) and isinstance(block.get("text"), str):
         return str(block["text"])
     kind = next(iter(block), None) if isinstance(block, dict) else None
-    raise ValidationError(f"{where}: content blocks of type {kind!r} are not supported; send text blocks.")
+    raise ValidationError(
+        f"{where}: content blocks of type {kind!r} are not supported; send text blocks."
+    )
 
 
 def count_input(model: str, raw: bytes) -> ChatRequest:
@@ -126,7 +136,10 @@ def stream_event(event: Event) -> tuple[str, dict[str, Any]] | None:
         case MessageStart():
             return "messageStart", {"role": "assistant"}
         case TextDelta():
-            return "contentBlockDelta", {"delta": {"text": event.text}, "contentBlockIndex": event.index}
+            return "contentBlockDelta", {
+                "delta": {"text": event.text},
+                "contentBlockIndex": event.index,
+            }
         case MessageDelta():
             return "messageStop", {"stopReason": event.stop_reason}
         case MessageStop():
@@ -137,8 +150,11 @@ def stream_event(event: Event) -> tuple[str, dict[str, Any]] | None:
 
 
 def usage(u: Usage) -> dict[str, int]:
-    return {"inputTokens": u.input_tokens, "outputTokens": u.output_tokens,
-            "totalTokens": u.input_tokens + u.output_tokens}
+    return {
+        "inputTokens": u.input_tokens,
+        "outputTokens": u.output_tokens,
+        "totalTokens": u.input_tokens + u.output_tokens,
+    }
 
 
 def latency(stop: MessageStop) -> dict[str, int]:

@@ -1,0 +1,105 @@
+"""Shared fixtures: the embedded model loaded once, and real servers on free ports."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+import uvicorn
+from botocore.config import Config
+
+from sluicegate.config import Route, ScriptedSettings, Settings
+from sluicegate.gateway import Gateway
+from sluicegate.providers.engine import EngineConfig
+from sluicegate.providers.local import LocalProvider, embedded_model_path
+from sluicegate.providers.scripted import ScriptedProvider
+from sluicegate.routes.app import create_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    """A real uvicorn serving a gateway, in a thread of the test process."""
+
+    gateway: Gateway
+    url: str
+    uvicorn: uvicorn.Server
+    thread: threading.Thread
+
+    def bedrock(self, **config: Any) -> Any:
+        return boto3.client(
+            "bedrock-runtime",
+            region_name="us-east-1",
+            endpoint_url=self.url,
+            aws_access_key_id="AKIDEXAMPLE",
+            aws_secret_access_key="secret",
+            config=Config(read_timeout=120, retries={"max_attempts": 1}, **config),
+        )
+
+
+def serve(gateway: Gateway) -> Server:
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(gateway),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    return Server(gateway, f"http://127.0.0.1:{port}", server, thread)
+
+
+def stop(server: Server) -> None:
+    server.uvicorn.should_exit = True
+    server.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def local() -> Iterator[LocalProvider]:
+    provider = LocalProvider(embedded_model_path(), EngineConfig())
+    yield provider
+    provider.close()
+
+
+SETTINGS = Settings(
+    routes=[Route(match="scripted*", provider="scripted"), Route(match="*", provider="local")],
+    scripted=ScriptedSettings(delay_ms=2, length=64),
+)
+
+
+@pytest.fixture(scope="session")
+def server(local: LocalProvider) -> Iterator[Server]:
+    """Model ids starting with `scripted` go to the scripted provider, the rest to the model."""
+    scripted = ScriptedProvider(delay=0.002, length=64)
+    s = serve(Gateway(SETTINGS, {"local": local, "scripted": scripted}))
+    yield s
+    stop(s)
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
