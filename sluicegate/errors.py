@@ -9,6 +9,7 @@
     ├── ModelTimeout                408  ModelTimeoutException
     ├── Throttled                   429  ThrottlingException
     ├── ModelStreamError            424  ModelStreamErrorException
+    ├── Cancelled                   499  InternalServerException  (the client is gone anyway)
     └── ServiceUnavailable          503  ServiceUnavailableException
 
 Routes translate at one boundary: before the first byte as the protocol's error response,
@@ -73,6 +74,10 @@ class ModelStreamError(SluicegateError):
     bedrock = "ModelStreamErrorException"
 
 
+class Cancelled(SluicegateError):
+    status = 499
+
+
 class ServiceUnavailable(SluicegateError):
     status = 503
     bedrock = "ServiceUnavailableException"
@@ -90,6 +95,7 @@ BY_NAME: dict[str, type[SluicegateError]] = {
         ModelTimeout,
         Throttled,
         ModelStreamError,
+        Cancelled,
         ServiceUnavailable,
     )
 }

@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sluicegate import errors
 from sluicegate.events import (
@@ -92,6 +93,7 @@ class Generation:
         self._cancel_reason: StopReason | None = None
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._cancellable: asyncio.Future[Any] | None = None
         self._block_open = False
         self._pending_stop: StopReason = "end_turn"
         self._on_token_gap = on_token_gap
@@ -102,13 +104,23 @@ class Generation:
     async def start(self) -> None:
         """Wait until the provider accepts the request, then keep generating in a task.
 
-        Raises the provider's SluicegateError if it refuses the request (nothing was sent yet).
+        Raises the provider's SluicegateError if it refuses the request (nothing was sent yet),
+        or errors.Cancelled if the generation is cancelled while it waits.
         """
+        accepted = asyncio.ensure_future(self._agen.__anext__())
+        self._cancellable = accepted
         try:
-            first = await self._agen.__anext__()
+            first = await accepted
+        except asyncio.CancelledError:
+            await self._agen.aclose()
+            if self._cancel_reason is None:
+                raise
+            reason = self._cancel_reason
+            raise errors.Cancelled(f"The request ended ({reason}) before it started.") from None
         except BaseException:
             await self._agen.aclose()
             raise
+        self._cancellable = None
         self._append(first)
         self._task = asyncio.create_task(self._run(), name=f"generation {self.id}")
 
@@ -120,8 +132,8 @@ class Generation:
         if self.done or self._cancel_reason is not None:
             return False
         self._cancel_reason = reason
-        if self._task is not None:
-            self._task.cancel()
+        if self._cancellable is not None:
+            self._cancellable.cancel()
         return True
 
     @property
@@ -135,9 +147,12 @@ class Generation:
                 await asyncio.shield(self._task)
 
     async def _run(self) -> None:
+        # Cancelling a task that has not started skips its `finally`: only cancel once running.
+        self._cancellable = asyncio.current_task()
         try:
-            async for event in self._agen:
-                self._append(event)
+            if self._cancel_reason is None:
+                async for event in self._agen:
+                    self._append(event)
         except asyncio.CancelledError:
             if self._cancel_reason is None:
                 self._cancel_reason = "cancelled"

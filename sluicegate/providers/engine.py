@@ -128,9 +128,10 @@ class Engine:
         self._cache_tokens: list[int] = []
         self._cv = threading.Condition()
         self._closed = False
-        self._warm_up()
+        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sluicegate-engine", daemon=True)
         self._thread.start()
+        self._ready.wait()
 
     def _warm_up(self) -> None:
         """Run a prompt-sized and a token-sized batch once, so the first request is not the one
@@ -152,6 +153,9 @@ class Engine:
         p.n_threads = p.n_threads_batch = config.n_threads
         # One KV buffer shared by all sequences, so any one may use the whole window.
         p.kv_unified = True
+        # Measured on 2 cores: no faster with flash attention, and without it a sequence's
+        # logits do not depend on its batch neighbours (only on where its cells lie).
+        p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         p.no_perf = True
         return p
 
@@ -213,6 +217,9 @@ class Engine:
     # -- the engine thread -----------------------------------------------------------------
 
     def _loop(self) -> None:
+        # Every llama call happens on this thread: its OpenMP team is the only one there is.
+        self._warm_up()
+        self._ready.set()
         while self._wait_for_work():
             try:
                 self._drop_cancelled()
@@ -280,9 +287,11 @@ class Engine:
         b = self.batch.batch
         n, outputs = 0, []
         budget = self.config.prefill_chunk
+        # Before any n_past moves: sources must only offer cells already computed.
+        deferred = {id(s) for s in self._running if s.pending > 1 and not self._reuse_prefix(s)}
         for seq in sorted(self._running, key=lambda s: s.pending > 1):
             prefilling = seq.pending > 1
-            if prefilling and not self._reuse_prefix(seq):
+            if id(seq) in deferred:
                 continue  # another sequence is computing the prefix it shares: copy it next step
             take = min(seq.pending, self.config.n_batch - n, budget if prefilling else 1)
             if take <= 0:

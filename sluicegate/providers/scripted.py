@@ -69,7 +69,8 @@ class ScriptedProvider:
 
 
 def _fail_after(request: ChatRequest) -> int:
-    found = re.search(r"sluicegate:fail-after=(\d+)", request.messages[-1].text)
+    users = " ".join(m.text for m in request.messages if m.role == "user")
+    found = re.search(r"sluicegate:fail-after=(\d+)", users)
     return int(found.group(1)) if found else 1 << 62
 
 

@@ -17,6 +17,7 @@ from sluicegate.events import (
     MessageDelta,
     MessageStart,
     MessageStop,
+    Metrics,
     Ping,
     TextDelta,
 )
@@ -148,6 +149,8 @@ def block_text(block: Any, where: str) -> str:
     kind = block.get("type") if isinstance(block, dict) else None
     if kind == "text" and isinstance(block.get("text"), str):
         return str(block["text"])
+    if kind == "text":
+        raise malformed(f"{where}/text: expected a string")
     if kind in UNSUPPORTED_BLOCKS:
         raise ValidationError(
             f"{where}: content blocks of type {kind!r} are not supported yet; send 'text' blocks."
@@ -211,8 +214,12 @@ def invocation_metrics(stop: MessageStop) -> dict[str, int]:
         "inputTokenCount": stop.usage.input_tokens,
         "outputTokenCount": stop.usage.output_tokens,
         "invocationLatency": m.total_ms if m else 0,
-        "firstByteLatency": (m.first_token_ms or m.total_ms) if m else 0,
+        "firstByteLatency": _first_byte(m) if m else 0,
     }
+
+
+def _first_byte(m: Metrics) -> int:
+    return m.total_ms if m.first_token_ms is None else m.first_token_ms
 
 
 def message_json(events: list[Event]) -> dict[str, Any]:

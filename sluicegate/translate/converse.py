@@ -53,8 +53,11 @@ def parse_body(model: str, raw: bytes) -> ChatRequest:
 
 
 def request_from(model: str, body: dict[str, Any]) -> ChatRequest:
-    config = body.get("inferenceConfig") or {}
-    extra = body.get("additionalModelRequestFields") or {}
+    # null means "not given"; any other non-object is an error
+    config = body.get("inferenceConfig")
+    config = {} if config is None else config
+    extra = body.get("additionalModelRequestFields")
+    extra = {} if extra is None else extra
     if not isinstance(config, dict) or not isinstance(extra, dict):
         raise ValidationError("inferenceConfig and additionalModelRequestFields must be objects.")
     return ChatRequest(

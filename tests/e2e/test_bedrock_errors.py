@@ -137,7 +137,7 @@ def test_a_body_over_25_mb_is_refused(server: Server) -> None:
 
 def test_a_large_body_sent_chunked_is_refused_without_reading_it_all(server: Server) -> None:
     def pieces() -> Any:
-        yield b'{"anthropic_version": "bedrock-2023-05-31", "messages": [{"role": "user", "content": "'
+        yield b'{"anthropic_version": "bedrock-2023-05-31", "messages": [{"content": "'
         for _ in range(30):
             yield b"y" * (1024 * 1024)
 

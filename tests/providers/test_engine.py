@@ -1,0 +1,190 @@
+"""The batching engine with the real model: cancellation, limits, fairness and no leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from sluicegate import errors
+from sluicegate.events import ChatRequest, Message, TextDelta
+from sluicegate.generation import Generation
+from sluicegate.providers.engine import Engine, EngineConfig, Sampling, Sequence
+from sluicegate.providers.local import LocalProvider, embedded_model_path
+from tests.conftest import wait_until
+
+
+class Collector:
+    """A sink that records what the engine sends for one sequence."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.finish: str | None = None
+        self.done = threading.Event()
+
+    def __call__(self, text: str, tokens: int, finish: str | None) -> None:
+        self.texts.append(text)
+        if finish is not None:
+            self.finish = finish
+            self.done.set()
+
+
+def sequence(local: LocalProvider, text: str, max_tokens: int = 64, **kw: Any) -> Sequence:
+    request = ChatRequest("m", (Message("user", text),), max_tokens=max_tokens)
+    return Sequence(text[:20], local.tokenize(request), Sampling(max_tokens, **kw), Collector())
+
+
+def sink(seq: Sequence) -> Collector:
+    assert isinstance(seq.sink, Collector)
+    return seq.sink
+
+
+@pytest.fixture
+def small(local: LocalProvider) -> Iterator[Engine]:
+    """A second engine on the same model: one sequence at a time, short queue, small prefill."""
+    engine = Engine(
+        local.model, EngineConfig(n_ctx=2048, n_parallel=1, prefill_chunk=16, max_queue=2)
+    )
+    yield engine
+    engine.close()
+
+
+def test_a_cancelled_queued_request_never_decodes(local: LocalProvider, small: Engine) -> None:
+    first = sequence(local, "Tell a long story.", 120)
+    queued = sequence(local, "Tell another story.", 120)
+    small.submit(first)
+    small.submit(queued)
+    small.cancel(queued)
+    assert sink(first).done.wait(60)
+    assert wait_until(lambda: small.active() == (0, 0))
+    assert queued.decoded == 0 and queued.n_past == 0 and sink(queued).texts == []
+    assert small.stats.cancelled == 1
+
+
+def test_cancel_during_prompt_processing_stops_it(local: LocalProvider, small: Engine) -> None:
+    long = sequence(local, "word " * 600, 10)
+    small.submit(long)
+    assert wait_until(lambda: long.n_past > 0, timeout=30)
+    small.cancel(long)
+    assert wait_until(lambda: small.active() == (0, 0))
+    assert long.decoded == 0
+    assert long.n_past < len(long.prompt)  # the rest of the prompt was never computed
+    assert small.kv_cells_used() == 0
+
+
+def test_stop_ends_decoding_within_one_step_and_others_continue(local: LocalProvider) -> None:
+    engine = local.engine
+    a = sequence(local, "Write about rivers.", 300, temperature=0.8)
+    b = sequence(local, "Write about mountains.", 150, temperature=0.8)
+    engine.submit(a)
+    engine.submit(b)
+    assert wait_until(lambda: a.decoded >= 10)
+    at_cancel = a.decoded
+    engine.cancel(a)
+    assert wait_until(lambda: a not in engine._running)
+    assert a.decoded - at_cancel <= 1  # at most the step already under way
+    assert sink(b).done.wait(60)
+    assert sink(b).finish in ("end_turn", "max_tokens")
+    assert sink(b).finish == "end_turn" or b.decoded == 150
+
+
+def test_over_the_context_window_is_a_clear_validation_error(local: LocalProvider) -> None:
+    seq = sequence(local, "hi", 9000)
+    with pytest.raises(errors.ValidationError, match="context window of 8192 tokens"):
+        local.engine.submit(seq)
+
+
+def test_a_full_queue_throttles(local: LocalProvider, small: Engine) -> None:
+    running = sequence(local, "Tell a long story.", 200)
+    small.submit(running)
+    assert wait_until(lambda: small.active()[0] == 1)
+    waiting = [sequence(local, f"Story {i}.", 5) for i in range(2)]
+    for seq in waiting:
+        small.submit(seq)
+    with pytest.raises(errors.Throttled, match="retry"):
+        small.submit(sequence(local, "One too many.", 5))
+    for seq in [running, *waiting]:
+        small.cancel(seq)
+    assert wait_until(lambda: small.active() == (0, 0))
+
+
+def test_a_shared_prefix_is_reused_not_recomputed(local: LocalProvider) -> None:
+    engine = local.engine
+    system = "You are a meticulous assistant who answers in one sentence. " * 4
+    before = engine.stats.prefix_tokens_reused
+    seqs = []
+    for i in range(3):
+        request = ChatRequest(
+            "m", (Message("user", f"Question {i}?"),), max_tokens=4, system=system
+        )
+        seq = Sequence(f"p{i}", local.tokenize(request), Sampling(4), Collector())
+        engine.submit(seq)
+        seqs.append(seq)
+    for seq in seqs:
+        assert sink(seq).done.wait(60)
+    # Every request after the first took the system prompt's cells instead of computing them.
+    assert engine.stats.prefix_tokens_reused - before >= 2 * 40
+
+
+def test_multibyte_characters_are_never_split(local: LocalProvider) -> None:
+    import codecs
+
+    text = "Grüße aus 東京 🙂🎉 — naïve café ∑"
+    tokens = local.model.tokenize(text.encode(), False, False)
+    pieces = [local.engine._piece(t) for t in tokens]
+    assert any(p and not _is_utf8(p) for p in pieces), "test text should split a character"
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    out = "".join(decoder.decode(p) for p in pieces) + decoder.decode(b"", final=True)
+    assert out.lstrip() == text
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_random_start_stop_disconnect_interleavings_leak_nothing() -> None:
+    provider = LocalProvider(embedded_model_path(), EngineConfig(n_ctx=768, n_parallel=4))
+    rng = random.Random(7)
+
+    async def one(i: int) -> Generation:
+        request = ChatRequest(
+            "m",
+            (Message("user", f"Story {i} about {rng.choice(['a fox', 'the sea', 'code'])}."),),
+            max_tokens=rng.randint(1, 160),
+            temperature=0.8,
+        )
+        gen = Generation(request, provider.stream, route="test", provider="local")
+        await gen.start()
+        action = rng.choice(["finish", "cancel", "disconnect", "instant"])
+        if action != "finish":
+            await asyncio.sleep(0 if action == "instant" else rng.uniform(0, 0.6))
+            gen.cancel("cancelled" if action == "cancel" else "disconnected")
+        await gen.wait()
+        return gen
+
+    async def main() -> list[Generation]:
+        return await asyncio.gather(*[one(i) for i in range(50)])
+
+    try:
+        gens = asyncio.run(main())
+        engine = provider.engine
+        assert wait_until(lambda: engine.active() == (0, 0))
+        assert engine.kv_cells_used() == 0
+        assert all(g.done for g in gens)
+        for g in gens:
+            deltas = [e for e in g.log if isinstance(e, TextDelta)]
+            assert g.usage.output_tokens >= len(deltas)
+            if g.stop_reason in ("end_turn", "max_tokens"):
+                assert engine.recent[g.id] == g.usage.output_tokens + (g.stop_reason == "end_turn")
+        reasons = {g.stop_reason for g in gens}
+        assert {"cancelled", "disconnected"} <= reasons and reasons & {"end_turn", "max_tokens"}
+    finally:
+        provider.close()

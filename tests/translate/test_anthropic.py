@@ -1,0 +1,430 @@
+"""Tests for the Anthropic Messages (Bedrock InvokeModel) translation: bodies in, events out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from sluicegate.errors import ValidationError
+from sluicegate.events import (
+    BlockStart,
+    BlockStop,
+    ChatRequest,
+    ErrorEvent,
+    Event,
+    Message,
+    MessageDelta,
+    MessageStart,
+    MessageStop,
+    Metrics,
+    Ping,
+    TextDelta,
+    Usage,
+)
+from sluicegate.translate.anthropic import (
+    event_json,
+    invocation_metrics,
+    message_json,
+    parse_body,
+)
+
+MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
+DROP = object()  # marks a key to remove from the seed body
+
+
+def seed(**changes: Any) -> dict[str, Any]:
+    """The seed body of PROTOCOLS.md §1.3, with keys changed, added or (with DROP) removed."""
+    body: dict[str, Any] = {
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": 2048,
+        "messages": [{"role": "user", "content": "Write a haiku about rivers."}],
+    }
+    for key, value in changes.items():
+        if value is DROP:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return body
+
+
+def parse(body: Any) -> ChatRequest:
+    return parse_body(MODEL, json.dumps(body).encode())
+
+
+def rejected(body: Any) -> str:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with pytest.raises(ValidationError) as info:
+        parse_body(MODEL, raw)
+    assert info.value.status == 400
+    assert info.value.bedrock == "ValidationException"
+    return info.value.message
+
+
+def user(content: Any) -> dict[str, Any]:
+    return {"role": "user", "content": content}
+
+
+def assistant(content: Any) -> dict[str, Any]:
+    return {"role": "assistant", "content": content}
+
+
+# -- parse_body: accepted bodies ----------------------------------------------------------------
+
+
+def test_seed_body_gives_canonical_request_with_defaults() -> None:
+    assert parse(seed()) == ChatRequest(
+        model=MODEL,
+        messages=(Message("user", "Write a haiku about rivers."),),
+        max_tokens=2048,
+        system="",
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        stop_sequences=(),
+        seed=None,
+    )
+
+
+def test_model_id_comes_from_the_path_not_the_body() -> None:
+    assert parse_body("my-alias", json.dumps(seed()).encode()).model == "my-alias"
+
+
+def test_list_of_text_blocks_is_concatenated() -> None:
+    blocks = [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "wörld 🙂"}]
+    request = parse(seed(messages=[user(blocks)]))
+    assert request.messages == (Message("user", "Hello, wörld 🙂"),)
+
+
+def test_system_as_string() -> None:
+    assert parse(seed(system="You are terse.")).system == "You are terse."
+
+
+def test_system_as_list_of_blocks_joins_with_newlines() -> None:
+    system = [{"type": "text", "text": "You are terse."}, {"type": "text", "text": "Use French."}]
+    assert parse(seed(system=system)).system == "You are terse.\nUse French."
+
+
+def test_sampling_parameters_and_stop_sequences() -> None:
+    request = parse(
+        seed(temperature=0.25, top_p=0.9, top_k=40, stop_sequences=["\n\nHuman:", "END"])
+    )
+    assert request.temperature == 0.25
+    assert request.top_p == 0.9
+    assert request.top_k == 40
+    assert request.stop_sequences == ("\n\nHuman:", "END")
+
+
+@pytest.mark.parametrize("value", [0, 1, 0.0, 1.0])
+def test_temperature_bounds_are_inclusive_and_give_floats(value: float) -> None:
+    temperature = parse(seed(temperature=value)).temperature
+    assert temperature == value
+    assert type(temperature) is float
+
+
+def test_alternating_conversation_is_kept_in_order() -> None:
+    messages = [user("one"), assistant("two"), user([{"type": "text", "text": "three"}])]
+    assert parse(seed(messages=messages)).messages == (
+        Message("user", "one"),
+        Message("assistant", "two"),
+        Message("user", "three"),
+    )
+
+
+def test_assistant_last_turn_is_a_prefill() -> None:
+    request = parse(seed(messages=[user("Count to 3."), assistant("1, 2,")]))
+    assert request.messages[-1] == Message("assistant", "1, 2,")
+    assert len(request.messages) == 2
+
+
+def test_metadata_is_accepted() -> None:
+    assert parse(seed(metadata={"user_id": "u-1"})).max_tokens == 2048
+
+
+# -- parse_body: rejected bodies ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"{not json", "the body is not valid JSON"),
+        (b"", "the body is not valid JSON"),
+        (b"\xff\xfe\x00garbage", "the body is not valid JSON"),
+        (b"[]", "the body must be a JSON object"),
+        (b'"hello"', "the body must be a JSON object"),
+        (b"null", "the body must be a JSON object"),
+    ],
+)
+def test_malformed_bodies(raw: bytes, expected: str) -> None:
+    message = rejected(raw)
+    assert expected in message
+    assert message.startswith("Malformed input request:")
+
+
+BAD_BODIES = [
+    (seed(anthropic_version=DROP), "required key [anthropic_version] not found"),
+    (seed(anthropic_version="2023-06-01"), "anthropic_version must be 'bedrock-2023-05-31'"),
+    (seed(max_tokens=DROP), "required key [max_tokens] not found"),
+    (seed(stream=True), "extraneous key [stream] is not permitted"),
+    (seed(model=MODEL), "extraneous key [model] is not permitted"),
+    (seed(max_tokens=0), "#/max_tokens: 0 is not greater or equal to 1"),
+    (seed(max_tokens=-5), "#/max_tokens: -5 is not greater or equal to 1"),
+    (seed(max_tokens="100"), '#/max_tokens: expected an integer, found "100"'),
+    (seed(max_tokens=True), "#/max_tokens: expected an integer, found true"),
+    (seed(max_tokens=10.5), "#/max_tokens: expected an integer, found 10.5"),
+    (seed(max_tokens=None), "#/max_tokens: expected an integer, found null"),
+    (seed(temperature=1.5), "#/temperature: 1.5 is not between 0 and 1"),
+    (seed(temperature=-0.1), "#/temperature: -0.1 is not between 0 and 1"),
+    (seed(temperature="hot"), '#/temperature: expected a number, found "hot"'),
+    (seed(temperature=False), "#/temperature: expected a number, found false"),
+    (seed(top_p=2), "#/top_p: 2 is not between 0 and 1"),
+    (seed(top_k=-1), "#/top_k: -1 is not greater or equal to 0"),
+    (seed(top_k=2.5), "#/top_k: expected an integer"),
+    (seed(stop_sequences="END"), "#/stop_sequences: expected a list of strings"),
+    (seed(stop_sequences=["END", 3]), "#/stop_sequences: expected a list of strings"),
+    (seed(messages=[]), "#/messages: expected a non-empty list of messages"),
+    (seed(messages=DROP), "#/messages: expected a non-empty list of messages"),
+    (seed(messages={"role": "user"}), "#/messages: expected a non-empty list of messages"),
+    (seed(messages=[{"role": "system", "content": "x"}]), "needs a role of 'user' or 'assistant'"),
+    (seed(messages=["hello"]), "#/messages/0: each message needs a role"),
+    (
+        seed(messages=[{"role": "user", "content": "x", "name": "bob"}]),
+        "#/messages/0: extraneous key [name] is not permitted",
+    ),
+    (seed(messages=[user("hi"), user("again")]), "message 1 has role 'user'"),
+    (seed(messages=[user("a"), assistant("b"), assistant("c")]), "message 2 has role 'assistant'"),
+    (seed(messages=[assistant("hi")]), "message 0 has role 'assistant'"),
+    (seed(messages=[user([])]), "#/messages/0/content: expected a string or a non-empty list"),
+    (seed(messages=[user(None)]), "#/messages/0/content: expected a string or a non-empty list"),
+    (seed(messages=[{"role": "user"}]), "#/messages/0/content: expected a string"),
+    (
+        seed(messages=[user([{"type": "video", "url": "x"}])]),
+        'unknown content block type "video"',
+    ),
+    (seed(messages=[user([{"text": "no type"}])]), "unknown content block type null"),
+    (seed(messages=[user(["plain string block"])]), "unknown content block type null"),
+    (
+        seed(messages=[user([{"type": "image", "source": {}}])]),
+        "#/messages/0/content/0: content blocks of type 'image' are not supported yet",
+    ),
+    (
+        seed(messages=[user([{"type": "text", "text": "a"}, {"type": "tool_result"}])]),
+        "#/messages/0/content/1: content blocks of type 'tool_result' are not supported yet",
+    ),
+    (seed(system=42), "#/system: expected a string or a list of text blocks"),
+    (seed(system=[{"type": "image"}]), "content blocks of type 'image' are not supported yet"),
+    (seed(tools=[]), "[tools] is not supported by sluicegate yet"),
+    (seed(tool_choice={"type": "auto"}), "[tool_choice] is not supported by sluicegate yet"),
+    (seed(thinking={"type": "enabled"}), "[thinking] is not supported by sluicegate yet"),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), BAD_BODIES)
+def test_invalid_bodies_name_the_problem(body: dict[str, Any], expected: str) -> None:
+    assert expected in rejected(body)
+
+
+def test_roles_error_explains_the_rule() -> None:
+    message = rejected(seed(messages=[user("hi"), user("again")]))
+    assert "roles must alternate between 'user' and 'assistant', starting with 'user'" in message
+
+
+def test_stream_and_model_both_present_names_one_of_them() -> None:
+    message = rejected(seed(stream=True, model=MODEL))
+    assert "extraneous key [model] is not permitted" in message
+
+
+def test_text_block_with_non_string_text_says_what_is_wrong() -> None:
+    message = rejected(seed(messages=[user([{"type": "text", "text": 5}])]))
+    assert "unknown content block type" not in message
+
+
+# -- event_json: canonical events to Anthropic stream events (PROTOCOLS.md §1.3) -----------------
+
+
+def test_message_start_shape() -> None:
+    data = event_json(MessageStart("msg_bdrk_01", MODEL, 10))
+    assert data is not None
+    usage = data["message"].pop("usage")
+    assert data == {
+        "type": "message_start",
+        "message": {
+            "id": "msg_bdrk_01",
+            "type": "message",
+            "role": "assistant",
+            "model": MODEL,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+        },
+    }
+    assert usage["input_tokens"] == 10
+    assert isinstance(usage["output_tokens"], int)
+    assert set(usage) == {"input_tokens", "output_tokens"}
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (
+            BlockStart(),
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        (
+            BlockStart(2),
+            {
+                "type": "content_block_start",
+                "index": 2,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        (
+            TextDelta("Hi"),
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "Hi"},
+            },
+        ),
+        (
+            TextDelta("日本語 🙂", 1),
+            {
+                "type": "content_block_delta",
+                "index": 1,
+                "delta": {"type": "text_delta", "text": "日本語 🙂"},
+            },
+        ),
+        (BlockStop(), {"type": "content_block_stop", "index": 0}),
+        (BlockStop(3), {"type": "content_block_stop", "index": 3}),
+        (
+            MessageDelta("end_turn", None, 15),
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 15},
+            },
+        ),
+        (
+            MessageDelta("stop_sequence", "END", 4),
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "stop_sequence", "stop_sequence": "END"},
+                "usage": {"output_tokens": 4},
+            },
+        ),
+        (
+            MessageDelta("cancelled", None, 2),
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "cancelled", "stop_sequence": None},
+                "usage": {"output_tokens": 2},
+            },
+        ),
+        (MessageStop(Usage(10, 15), Metrics(1, 2, 3)), {"type": "message_stop"}),
+        (
+            ErrorEvent("ModelStreamError", "the model broke"),
+            {"type": "error", "error": {"type": "api_error", "message": "the model broke"}},
+        ),
+        (Ping(), {"type": "ping"}),
+    ],
+)
+def test_event_shapes(event: Event, expected: dict[str, Any]) -> None:
+    assert event_json(event) == expected
+
+
+def test_a_whole_stream_has_the_bedrock_order_and_is_json() -> None:
+    events: list[Event] = [
+        MessageStart("msg_bdrk_01", MODEL, 10),
+        BlockStart(),
+        TextDelta("Hi"),
+        TextDelta(" there"),
+        BlockStop(),
+        MessageDelta("end_turn", None, 15),
+        MessageStop(Usage(10, 15), Metrics(0, 5, 9)),
+    ]
+    chunks = [event_json(e) for e in events]
+    assert [c["type"] for c in chunks if c is not None] == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    # Every chunk must survive a JSON round trip unchanged (it goes on the wire as bytes).
+    assert [json.loads(json.dumps(c)) for c in chunks] == chunks
+
+
+# -- invocation_metrics and message_json --------------------------------------------------------
+
+
+def test_invocation_metrics_from_usage_and_metrics() -> None:
+    stop = MessageStop(Usage(10, 15), Metrics(queue_ms=3, first_token_ms=1507, total_ms=1798))
+    assert invocation_metrics(stop) == {
+        "inputTokenCount": 10,
+        "outputTokenCount": 15,
+        "invocationLatency": 1798,
+        "firstByteLatency": 1507,
+    }
+
+
+def test_invocation_metrics_without_metrics_are_zero() -> None:
+    assert invocation_metrics(MessageStop(Usage(4, 2))) == {
+        "inputTokenCount": 4,
+        "outputTokenCount": 2,
+        "invocationLatency": 0,
+        "firstByteLatency": 0,
+    }
+
+
+def test_invocation_metrics_without_a_first_token_use_total_latency() -> None:
+    stop = MessageStop(Usage(4, 0), Metrics(queue_ms=0, first_token_ms=None, total_ms=250))
+    assert invocation_metrics(stop)["firstByteLatency"] == 250
+
+
+def test_invocation_metrics_keep_a_zero_first_token_latency() -> None:
+    stop = MessageStop(Usage(4, 9), Metrics(queue_ms=0, first_token_ms=0, total_ms=250))
+    assert invocation_metrics(stop)["firstByteLatency"] == 0
+
+
+def test_message_json_spells_out_the_message() -> None:
+    events: list[Event] = [
+        MessageStart("msg_bdrk_42", MODEL, 12),
+        BlockStart(),
+        TextDelta("Rivers "),
+        Ping(),
+        TextDelta("run, "),
+        TextDelta("café 🙂"),
+        BlockStop(),
+        MessageDelta("stop_sequence", "END", 3),
+        MessageStop(Usage(12, 3), Metrics(0, 1, 2)),
+    ]
+    assert message_json(events) == {
+        "id": "msg_bdrk_42",
+        "type": "message",
+        "role": "assistant",
+        "model": MODEL,
+        "content": [{"type": "text", "text": "Rivers run, café 🙂"}],
+        "stop_reason": "stop_sequence",
+        "stop_sequence": "END",
+        "usage": {"input_tokens": 12, "output_tokens": 3},
+    }
+
+
+def test_message_json_usage_comes_from_message_stop() -> None:
+    events: list[Event] = [
+        MessageStart("msg_bdrk_1", MODEL, 0),
+        MessageDelta("cancelled", None, 1),
+        MessageStop(Usage(7, 5)),
+    ]
+    data = message_json(events)
+    assert data["usage"] == {"input_tokens": 7, "output_tokens": 5}
+    assert data["content"] == [{"type": "text", "text": ""}]
+    assert data["stop_reason"] == "cancelled"
+    assert data["stop_sequence"] is None
