@@ -1,0 +1,94 @@
+"""The command line, run as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from typer.testing import CliRunner
+
+from sluicegate.cli import app
+from tests.conftest import free_port
+
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+def test_help_lists_every_option() -> None:
+    out = runner.invoke(app, ["serve", "--help"])
+    assert out.exit_code == 0
+    for option in ("--host", "--port", "--model", "--config", "--route", "--log-level"):
+        assert option in out.output
+
+
+def test_models_shows_routes_and_the_embedded_file(tmp_path: Path) -> None:
+    config = tmp_path / "sg.toml"
+    config.write_text(
+        '[[routes]]\nmatch = "scripted*"\nprovider = "scripted"\n'
+        '[[routes]]\nmatch = "*"\nprovider = "local"\n'
+    )
+    out = runner.invoke(app, ["models", "--config", str(config)])
+    assert out.exit_code == 0, out.output
+    assert "'scripted*'" in out.output and "-> scripted" in out.output
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in out.output
+
+
+def test_bad_flags_and_config_are_refused_clearly(tmp_path: Path) -> None:
+    out = runner.invoke(app, ["serve", "--route", "nonsense"])
+    assert out.exit_code != 0 and "GLOB=local or GLOB=scripted" in out.output
+    out = runner.invoke(app, ["serve", "--model", str(tmp_path / "missing.gguf")])
+    assert out.exit_code != 0 and "is not a file" in out.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[engine]\nn_parallel = 0\n")
+    out = runner.invoke(app, ["models", "--config", str(bad)])
+    assert out.exit_code != 0
+
+
+def test_serve_runs_as_a_process_and_stops_on_sigterm() -> None:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "sluicegate",
+        "serve",
+        "--port",
+        str(port),
+        "--route",
+        "*=scripted",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"},
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(base + "/metrics")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        body = {
+            "anthropic_version": "bedrock-2023-05-31",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        r = httpx.post(base + "/model/any/invoke", content=json.dumps(body))
+        assert r.json()["usage"]["output_tokens"] == 5
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        output = proc.communicate(timeout=20)[0].decode()
+    # uvicorn shuts down gracefully, then re-raises the signal it caught
+    assert proc.returncode in (0, -signal.SIGTERM)
+    assert "Finished server process" in output
+    assert "scripted:" in output and f"http://127.0.0.1:{port}" in output
