@@ -108,7 +108,9 @@ def serve(
     gateway = Gateway(settings, build_providers(settings))
     for provider in gateway.providers.values():
         console.print(f"[green]ready[/green] {provider.describe()}")
-    console.print(f"Bedrock Runtime endpoint: [bold]http://{settings.host}:{settings.port}[/bold]")
+    base = f"{settings.host}:{settings.port}"
+    console.print(f"Bedrock Runtime endpoint: [bold]http://{base}[/bold]")
+    console.print(f"WebSocket API: [bold]ws://{base}/{settings.websocket.stage}[/bold]")
     try:
         uvicorn.run(
             create_app(gateway),

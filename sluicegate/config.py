@@ -47,6 +47,14 @@ class ScriptedSettings(Strict):
     length: int = Field(64, ge=1)
 
 
+class WebSocketSettings(Strict):
+    stage: str = Field("ws", pattern=r"^[A-Za-z0-9_-]+$")
+    route_key: str = "$request.body.action"
+    # A dropped connection's generations wait this long to be resumed, then are cancelled.
+    grace_seconds: float = Field(30.0, ge=0)
+    max_message_bytes: int = Field(128 * 1024, ge=1024)
+
+
 class Route(Strict):
     match: str
     provider: ProviderName
@@ -59,6 +67,9 @@ class Settings(Strict):
     engine: EngineSettings = EngineSettings()
     scripted: ScriptedSettings = ScriptedSettings()
     routes: list[Route] = [Route(match="*", provider="local")]
+    websocket: WebSocketSettings = WebSocketSettings()
+    # Accepted as `Authorization: Bearer <key>` where SigV4 is not used (@connections API).
+    api_key: str | None = None
     max_body_bytes: int = 25 * 1024 * 1024
 
     def provider_for(self, model_id: str) -> ProviderName | None:

@@ -1,4 +1,4 @@
-"""One exception hierarchy; each error knows its HTTP status and its wire code per protocol.
+"""One exception hierarchy; each error knows its HTTP status and its AWS error shape name.
 
     SluicegateError                 500  InternalServerException
     ├── ValidationError             400  ValidationException
@@ -9,6 +9,10 @@
     ├── ModelTimeout                408  ModelTimeoutException
     ├── Throttled                   429  ThrottlingException
     ├── ModelStreamError            424  ModelStreamErrorException
+    ├── Forbidden                   403  ForbiddenException        (@connections API)
+    ├── Gone                        410  GoneException             (@connections API)
+    ├── MessageTooLarge             413  PayloadTooLargeException  (@connections API)
+    ├── LimitExceeded               429  LimitExceededException    (@connections API)
     ├── Cancelled                   499  InternalServerException  (the client is gone anyway)
     └── ServiceUnavailable          503  ServiceUnavailableException
 
@@ -23,21 +27,21 @@ class SluicegateError(Exception):
     """Base of every error a client may see; the message says what to fix."""
 
     status = 500
-    bedrock = "InternalServerException"
+    aws = "InternalServerException"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
     @property
-    def bedrock_event(self) -> str:
+    def aws_event(self) -> str:
         """The lowerCamel union member name used for in-band event stream exceptions."""
-        return self.bedrock[0].lower() + self.bedrock[1:]
+        return self.aws[0].lower() + self.aws[1:]
 
 
 class ValidationError(SluicegateError):
     status = 400
-    bedrock = "ValidationException"
+    aws = "ValidationException"
 
 
 class PayloadTooLarge(ValidationError):
@@ -46,32 +50,52 @@ class PayloadTooLarge(ValidationError):
 
 class AccessDenied(SluicegateError):
     status = 403
-    bedrock = "AccessDeniedException"
+    aws = "AccessDeniedException"
 
 
 class NotFound(SluicegateError):
     status = 404
-    bedrock = "ResourceNotFoundException"
+    aws = "ResourceNotFoundException"
 
 
 class UnknownOperation(SluicegateError):
     status = 404
-    bedrock = "UnknownOperationException"
+    aws = "UnknownOperationException"
 
 
 class ModelTimeout(SluicegateError):
     status = 408
-    bedrock = "ModelTimeoutException"
+    aws = "ModelTimeoutException"
 
 
 class Throttled(SluicegateError):
     status = 429
-    bedrock = "ThrottlingException"
+    aws = "ThrottlingException"
 
 
 class ModelStreamError(SluicegateError):
     status = 424
-    bedrock = "ModelStreamErrorException"
+    aws = "ModelStreamErrorException"
+
+
+class Forbidden(SluicegateError):
+    status = 403
+    aws = "ForbiddenException"
+
+
+class Gone(SluicegateError):
+    status = 410
+    aws = "GoneException"
+
+
+class MessageTooLarge(SluicegateError):
+    status = 413
+    aws = "PayloadTooLargeException"
+
+
+class LimitExceeded(SluicegateError):
+    status = 429
+    aws = "LimitExceededException"
 
 
 class Cancelled(SluicegateError):
@@ -80,7 +104,7 @@ class Cancelled(SluicegateError):
 
 class ServiceUnavailable(SluicegateError):
     status = 503
-    bedrock = "ServiceUnavailableException"
+    aws = "ServiceUnavailableException"
 
 
 BY_NAME: dict[str, type[SluicegateError]] = {
@@ -95,6 +119,10 @@ BY_NAME: dict[str, type[SluicegateError]] = {
         ModelTimeout,
         Throttled,
         ModelStreamError,
+        Forbidden,
+        Gone,
+        MessageTooLarge,
+        LimitExceeded,
         Cancelled,
         ServiceUnavailable,
     )

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from botocore.config import Config
 
-from sluicegate.config import Route, ScriptedSettings, Settings
+from sluicegate.config import Route, ScriptedSettings, Settings, WebSocketSettings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.engine import EngineConfig
 from sluicegate.providers.local import LocalProvider, embedded_model_path
@@ -34,9 +34,24 @@ class Server:
     """A real uvicorn serving a gateway, in a thread of the test process."""
 
     gateway: Gateway
+    app: Any
     url: str
     uvicorn: uvicorn.Server
     thread: threading.Thread
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http", "ws", 1) + "/ws"
+
+    def management(self) -> Any:
+        return boto3.client(
+            "apigatewaymanagementapi",
+            region_name="us-east-1",
+            endpoint_url=self.url + "/ws",
+            aws_access_key_id="AKIDEXAMPLE",
+            aws_secret_access_key="secret",
+            config=Config(retries={"max_attempts": 1}),
+        )
 
     def bedrock(self, **config: Any) -> Any:
         return boto3.client(
@@ -51,12 +66,14 @@ class Server:
 
 def serve(gateway: Gateway) -> Server:
     port = free_port()
+    app = create_app(gateway)
     config = uvicorn.Config(
-        create_app(gateway),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
         timeout_graceful_shutdown=2,
+        ws_max_size=gateway.settings.websocket.max_message_bytes,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -66,7 +83,7 @@ def serve(gateway: Gateway) -> Server:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
-    return Server(gateway, f"http://127.0.0.1:{port}", server, thread)
+    return Server(gateway, app, f"http://127.0.0.1:{port}", server, thread)
 
 
 def stop(server: Server) -> None:
@@ -84,6 +101,7 @@ def local() -> Iterator[LocalProvider]:
 SETTINGS = Settings(
     routes=[Route(match="scripted*", provider="scripted"), Route(match="*", provider="local")],
     scripted=ScriptedSettings(delay_ms=2, length=64),
+    websocket=WebSocketSettings(grace_seconds=1.0),
 )
 
 

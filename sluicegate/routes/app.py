@@ -10,16 +10,25 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from sluicegate.bus.memory import Connections
 from sluicegate.gateway import Gateway
 from sluicegate.routes import bedrock, metrics
+from sluicegate.routes.connections import connections_api
+from sluicegate.routes.websocket import WebSocketApi, cancel_all
 
 
 def create_app(gateway: Gateway) -> Starlette:
     """The app serving every door of one gateway."""
+    ws = gateway.settings.websocket
+    connections = Connections()
+    ws_api = WebSocketApi(
+        gateway, connections, grace_seconds=ws.grace_seconds, route_key=ws.route_key
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        cancel_all(ws_api)
         for gen in list(gateway.generations.values()):
             gen.cancel("cancelled")
 
@@ -27,9 +36,16 @@ def create_app(gateway: Gateway) -> Starlette:
         return bedrock.unknown_operation(request.url.path, request.method)
 
     app = Starlette(
-        routes=[*bedrock.routes(), *metrics.routes()],
+        routes=[
+            *bedrock.routes(),
+            *metrics.routes(),
+            ws_api.route(ws.stage),
+            *connections_api(connections, ws.stage, gateway.settings.api_key),
+        ],
         exception_handlers={HTTPException: not_found},
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    app.state.connections = connections
+    app.state.websocket = ws_api
     return app

@@ -22,22 +22,14 @@ from sluicegate.codecs import eventstream
 from sluicegate.events import ChatRequest, ErrorEvent, Event, MessageDelta, MessageStop
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
+from sluicegate.routes.aws import error_response
 from sluicegate.routes.streaming import StreamResponse, wait_or_disconnect
 from sluicegate.translate import anthropic, converse
 
 EVENTSTREAM = "application/vnd.amazon.eventstream"
-ERROR_NAMESPACE = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
 ROUTE = "bedrock"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def error_response(exc: errors.SluicegateError, request_id: str = "") -> JSONResponse:
-    """The error boto3 turns into the modelled exception (e.g. ValidationException)."""
-    headers = {"x-amzn-ErrorType": exc.bedrock + ERROR_NAMESPACE}
-    if request_id:
-        headers["x-amzn-RequestId"] = request_id
-    return JSONResponse({"message": exc.message}, exc.status, headers=headers)
 
 
 def bedrock_errors(endpoint: Endpoint) -> Endpoint:
@@ -137,7 +129,7 @@ async def chunk_frames(gen: Generation) -> AsyncGenerator[bytes, None]:
     async for _, event in gen.follow():
         failure = _failure(event)
         if failure is not None:
-            yield eventstream.exception(failure.bedrock_event, failure.message)
+            yield eventstream.exception(failure.aws_event, failure.message)
             return
         data = anthropic.event_json(event)
         if data is None:
@@ -177,7 +169,7 @@ async def converse_frames(gen: Generation) -> AsyncGenerator[bytes, None]:
     async for _, event in gen.follow():
         failure = _failure(event)
         if failure is not None:
-            yield eventstream.exception(failure.bedrock_event, failure.message)
+            yield eventstream.exception(failure.aws_event, failure.message)
             return
         out = converse.stream_event(event)
         if out is not None:

@@ -1,0 +1,1 @@
+"""Where state crosses connections (and, later, processes): in-process by default."""

@@ -1,0 +1,67 @@
+"""The in-process bus: which WebSocket connections exist here, and how to reach them.
+
+A Connection has one outbound queue drained by one writer, so generations, @connections posts
+and replies never interleave half-messages and each keeps its order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sluicegate import errors
+
+Outbound = str | bytes | None  # None asks the writer to close the socket
+
+
+@dataclass(eq=False)
+class Connection:
+    """One client WebSocket, as the @connections API describes it."""
+
+    owner: str
+    source_ip: str
+    user_agent: str
+    id: str = field(default_factory=lambda: secrets.token_urlsafe(12) + "=")
+    connected_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    last_active_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    outbound: asyncio.Queue[Outbound] = field(default_factory=asyncio.Queue)
+    closed: bool = False
+
+    def send(self, message: str | bytes) -> None:
+        if self.closed:
+            raise errors.Gone(f"Connection {self.id} is gone.")
+        self.outbound.put_nowait(message)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.outbound.put_nowait(None)
+
+    def touch(self) -> None:
+        self.last_active_at = datetime.now(UTC)
+
+
+class Connections:
+    """The registry of live connections, by id."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Connection] = {}
+        self.opened = 0
+        self.started = time.monotonic()
+
+    def add(self, conn: Connection) -> None:
+        self.by_id[conn.id] = conn
+        self.opened += 1
+
+    def remove(self, conn: Connection) -> None:
+        conn.closed = True
+        self.by_id.pop(conn.id, None)
+
+    def get(self, connection_id: str) -> Connection:
+        conn = self.by_id.get(connection_id)
+        if conn is None or conn.closed:
+            raise errors.Gone(f"No connection {connection_id!r}: it closed or never existed.")
+        return conn

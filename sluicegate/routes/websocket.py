@@ -1,0 +1,268 @@
+"""The WebSocket API, API Gateway style: routes chosen by `$request.body.action`.
+
+Built-in routes: `generate` (stream a generation as start / delta / end messages), `stop`,
+`resume` (after a reconnect: the deltas after `after`, then the live tail), `ping`, `whoami`.
+Several generations may run at once on one connection. When a connection drops, its
+generations keep going for a grace period so that the client can resume them, then they are
+cancelled as `disconnected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from sluicegate import errors
+from sluicegate.bus.memory import Connection, Connections
+from sluicegate.events import ErrorEvent, MessageStart, MessageStop, TextDelta
+from sluicegate.gateway import Gateway
+from sluicegate.generation import Generation
+from sluicegate.translate import websocket as wire
+
+log = logging.getLogger(__name__)
+ROUTE = "websocket"
+Body = dict[str, Any]
+
+
+@dataclass(eq=False)
+class Live:
+    """A generation started over the WebSocket API, and the connection it streams to."""
+
+    client_id: str
+    gen: Generation
+    conn: Connection | None
+    forwarder: asyncio.Task[None] | None = None
+    grace: asyncio.TimerHandle | None = None
+
+
+class WebSocketApi:
+    """The endpoint and its built-in routes; one per app."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        connections: Connections,
+        *,
+        grace_seconds: float = 30.0,
+        route_key: str = "$request.body.action",
+    ) -> None:
+        self.gateway = gateway
+        self.connections = connections
+        self.grace_seconds = grace_seconds
+        self.route_path = _route_path(route_key)
+        self.live: dict[tuple[str, str], Live] = {}
+        self.actions: dict[str, Callable[[Connection, Body], Awaitable[None]]] = {
+            "generate": self.generate,
+            "stop": self.stop,
+            "resume": self.resume,
+            "ping": self.ping,
+            "whoami": self.whoami,
+        }
+
+    def route(self, stage: str) -> WebSocketRoute:
+        return WebSocketRoute(f"/{stage}", self.endpoint)
+
+    # -- the connection ----------------------------------------------------------------------
+
+    async def endpoint(self, ws: WebSocket) -> None:
+        await ws.accept()
+        client = ws.client.host if ws.client else ""
+        conn = Connection(_owner(ws), client, ws.headers.get("user-agent", ""))
+        self.connections.add(conn)
+        writer = asyncio.create_task(_write(conn, ws))
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                conn.touch()
+                text = message.get("text")
+                await self.dispatch(conn, text if text is not None else message.get("bytes", b""))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.connections.remove(conn)
+            writer.cancel()
+            self._detach(conn)
+
+    async def dispatch(self, conn: Connection, raw: str | bytes) -> None:
+        """Route one message; every failure is answered, and the connection stays usable."""
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return _reply(conn, wire.error(None, "BadRequest", "Messages must be JSON objects."))
+        key = _select(body, self.route_path)
+        action = self.actions.get(key) if isinstance(key, str) else None
+        if action is None:
+            detail = f"No route for action {key!r}; built-in: {', '.join(self.actions)}."
+            return _reply(conn, wire.error(_id(body), "RouteNotFound", detail))
+        try:
+            await action(conn, body)
+        except errors.SluicegateError as exc:
+            _reply(conn, wire.error_from(_id(body), exc))
+
+    # -- built-in routes ---------------------------------------------------------------------
+
+    async def generate(self, conn: Connection, body: Body) -> None:
+        client_id = _id(body) or _new_id()
+        if not isinstance(client_id, str):
+            raise errors.ValidationError("id must be a string.")
+        running = self.live.get((conn.owner, client_id))
+        if running is not None and not running.gen.done:
+            raise errors.ValidationError(f"Generation {client_id!r} is still running.")
+        request = wire.parse_generate(body)
+        gen = await self.gateway.start(request, route=ROUTE, owner=conn.owner)
+        live = Live(client_id, gen, conn)
+        self.live[(conn.owner, client_id)] = live
+        self._forward(live, conn, 0)
+
+    async def stop(self, conn: Connection, body: Body) -> None:
+        client_id = _id(body)
+        targets = [self._find(conn, client_id)] if client_id is not None else self._of(conn)
+        for live in targets:
+            if not live.gen.cancel("cancelled") and client_id is not None:
+                why = f"Generation {client_id!r} already ended ({live.gen.stop_reason})."
+                _reply(conn, wire.error(client_id, "GenerationEnded", why))
+
+    async def resume(self, conn: Connection, body: Body) -> None:
+        live = self._find(conn, _id(body))
+        after = body.get("after", 0)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise errors.ValidationError("after must be the last seq received (an integer >= 0).")
+        if live.grace is not None:
+            live.grace.cancel()
+            live.grace = None
+        if live.forwarder is not None:
+            live.forwarder.cancel()
+        live.conn = conn
+        self._forward(live, conn, after)
+
+    async def ping(self, conn: Connection, body: Body) -> None:
+        _reply(conn, {"type": "pong"})
+
+    async def whoami(self, conn: Connection, body: Body) -> None:
+        _reply(conn, {"type": "whoami", "connectionId": conn.id})
+
+    # -- streaming a generation to a connection ----------------------------------------------
+
+    def _forward(self, live: Live, conn: Connection, after: int) -> None:
+        live.forwarder = asyncio.create_task(self._stream(live, conn, after))
+
+    async def _stream(self, live: Live, conn: Connection, after: int) -> None:
+        gen, cid = live.gen, live.client_id
+        seq = after
+        with contextlib.suppress(errors.Gone):
+            async for _, event in gen.follow(_log_position(gen, after)):
+                if isinstance(event, TextDelta):
+                    seq += 1
+                    conn.send(
+                        wire.dumps({"type": "delta", "id": cid, "seq": seq, "text": event.text})
+                    )
+                elif isinstance(event, MessageStop):
+                    conn.send(wire.dumps(wire.end_message(cid, gen.stop_reason, event)))
+                elif isinstance(event, MessageStart):
+                    conn.send(wire.dumps({"type": "start", "id": cid, "model": event.model}))
+                elif isinstance(event, ErrorEvent):
+                    exc = errors.from_event(event.code, event.message)
+                    conn.send(wire.dumps(wire.error_from(cid, exc)))
+
+    def _detach(self, conn: Connection) -> None:
+        """The connection dropped: keep its generations for a grace period, then cancel them."""
+        loop = asyncio.get_running_loop()
+        for live in self._of(conn):
+            if live.forwarder is not None:
+                live.forwarder.cancel()
+            live.conn = None
+            live.grace = loop.call_later(self.grace_seconds, self._expire, live)
+
+    def _expire(self, live: Live) -> None:
+        live.grace = None
+        if live.conn is None:
+            live.gen.cancel("disconnected")
+
+    def _of(self, conn: Connection) -> list[Live]:
+        return [v for v in self.live.values() if v.conn is conn and not v.gen.done]
+
+    def _find(self, conn: Connection, client_id: Any) -> Live:
+        if not isinstance(client_id, str):
+            raise errors.ValidationError("id must be the string id of a generation.")
+        live = self.live.get((conn.owner, client_id))
+        if live is None:
+            raise errors.NotFound(f"No generation {client_id!r} for this owner.")
+        return live
+
+
+def _log_position(gen: Generation, after: int) -> int:
+    """How many log events to skip so that streaming resumes after the `after`-th delta."""
+    if after == 0:
+        return 0
+    seen = 0
+    for i, event in enumerate(gen.log):
+        if isinstance(event, TextDelta):
+            seen += 1
+            if seen == after:
+                return i + 1
+    raise errors.ValidationError(f"after={after} is beyond the {seen} deltas sent so far.")
+
+
+async def _write(conn: Connection, ws: WebSocket) -> None:
+    """The connection's only writer: messages leave in the order they were queued."""
+    with contextlib.suppress(Exception):
+        while (message := await conn.outbound.get()) is not None:
+            if isinstance(message, str):
+                await ws.send_text(message)
+            else:
+                await ws.send_bytes(message)
+        await ws.close(1000)
+
+
+def _reply(conn: Connection, message: Body) -> None:
+    with contextlib.suppress(errors.Gone):
+        conn.send(wire.dumps(message))
+
+
+def _route_path(expression: str) -> list[str]:
+    prefix = "$request.body."
+    if not expression.startswith(prefix):
+        raise ValueError(f"route selection expression must start with {prefix!r}: {expression!r}")
+    return expression[len(prefix) :].split(".")
+
+
+def _select(body: Any, path: list[str]) -> Any:
+    for key in path:
+        body = body.get(key) if isinstance(body, dict) else None
+    return body
+
+
+def _id(body: Any) -> Any:
+    return body.get("id") if isinstance(body, dict) else None
+
+
+def _new_id() -> str:
+    return "gen_" + secrets.token_hex(8)
+
+
+def _owner(ws: WebSocket) -> str:
+    """Who owns the connection's generations (resume needs the same owner)."""
+    auth = ws.headers.get("authorization", "")
+    if "Credential=" in auth:
+        return auth.split("Credential=", 1)[1].split("/", 1)[0]
+    if auth.lower().startswith("bearer "):
+        return "bearer:" + auth[7:]
+    return ws.query_params.get("owner", "anonymous")
+
+
+def cancel_all(api: WebSocketApi) -> None:
+    for live in api.live.values():
+        live.gen.cancel("cancelled")
+        if live.grace is not None:
+            live.grace.cancel()

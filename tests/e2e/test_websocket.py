@@ -1,0 +1,239 @@
+"""The WebSocket API and @connections through the `websockets` client and boto3."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from sluicegate.generation import Generation
+from tests.conftest import Server, wait_until
+
+Msg = dict[str, Any]
+
+
+async def recv(ws: Any, timeout: float = 60) -> Msg:
+    message: Msg = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    return message
+
+
+async def until_end(ws: Any, gen_id: str) -> list[Msg]:
+    seen = []
+    while True:
+        m = await recv(ws)
+        if m.get("id") == gen_id:
+            seen.append(m)
+            if m["type"] == "end":
+                return seen
+
+
+def generation(server: Server, client_id: str, owner: str = "anonymous") -> Generation:
+    gen: Generation = server.app.state.websocket.live[(owner, client_id)].gen
+    return gen
+
+
+def test_generate_streams_start_ordered_deltas_and_end(server: Server) -> None:
+    async def main() -> list[Msg]:
+        async with websockets.connect(server.ws_url) as ws:
+            await ws.send(
+                json.dumps(
+                    {
+                        "action": "generate",
+                        "id": "g1",
+                        "model": "scripted",
+                        "prompt": "héllo 日本",
+                        "max_tokens": 20,
+                    }
+                )
+            )
+            return await until_end(ws, "g1")
+
+    seen = asyncio.run(main())
+    assert seen[0] == {"type": "start", "id": "g1", "model": "scripted"}
+    deltas = [m for m in seen if m["type"] == "delta"]
+    assert [d["seq"] for d in deltas] == list(range(1, 21))
+    assert "".join(d["text"] for d in deltas).startswith("You said: héllo 日本 ")
+    end = seen[-1]
+    assert end["stop_reason"] == "max_tokens" and end["usage"]["output_tokens"] == 20
+    assert end["metrics"]["duration_ms"] >= end["metrics"]["ttft_ms"] >= 0
+
+
+def test_stop_ends_with_cancelled_and_the_engine_stops(server: Server, local: Any) -> None:
+    async def main() -> tuple[list[Msg], list[Msg]]:
+        async with websockets.connect(server.ws_url) as ws:
+            await ws.send(
+                json.dumps(
+                    {
+                        "action": "generate",
+                        "id": "long",
+                        "max_tokens": 500,
+                        "prompt": "Write a long essay about rivers.",
+                    }
+                )
+            )
+            await ws.send(
+                json.dumps(
+                    {"action": "generate", "id": "short", "max_tokens": 20, "prompt": "Say hello."}
+                )
+            )
+            got: dict[str, list[Msg]] = {"long": [], "short": []}
+            while not all(m and m[-1]["type"] == "end" for m in got.values()):
+                m = await recv(ws)
+                got[m["id"]].append(m)
+                if m["id"] == "long" and m["type"] == "delta" and m["seq"] == 5:
+                    await ws.send(json.dumps({"action": "stop", "id": "long"}))
+            # a second stop is answered, not ignored
+            await ws.send(json.dumps({"action": "stop", "id": "long"}))
+            again = await recv(ws)
+            assert again["type"] == "error" and again["code"] == "GenerationEnded"
+            return got["long"], got["short"]
+
+    long, short = asyncio.run(main())
+    end = long[-1]
+    assert end["stop_reason"] == "cancelled"
+    assert [m for m in long if m["type"] == "delta"][-1]["seq"] <= end["usage"]["output_tokens"]
+    assert short[-1]["stop_reason"] in ("end_turn", "max_tokens")
+    gen = generation(server, "long")
+    decoded = local.engine.recent[gen.id]
+    assert decoded <= gen.usage.output_tokens + 2  # within a step of the stop
+    assert not wait_until(lambda: local.engine.decoded(gen.id) != decoded, timeout=0.3)
+
+
+def test_resume_after_a_drop_gets_exactly_the_missing_deltas(server: Server) -> None:
+    async def main() -> tuple[list[int], Msg]:
+        ws = await websockets.connect(server.ws_url)
+        await ws.send(
+            json.dumps(
+                {
+                    "action": "generate",
+                    "id": "r",
+                    "model": "scripted-r",
+                    "max_tokens": 64,
+                    "prompt": "x",
+                }
+            )
+        )
+        seqs: list[int] = []
+        while len(seqs) < 5:
+            m = await recv(ws)
+            if m["type"] == "delta":
+                seqs.append(m["seq"])
+        ws.transport.abort()
+        await asyncio.sleep(0.2)
+        async with websockets.connect(server.ws_url) as ws2:
+            await ws2.send(json.dumps({"action": "resume", "id": "r", "after": seqs[-1]}))
+            rest = await until_end(ws2, "r")
+        return seqs + [m["seq"] for m in rest if m["type"] == "delta"], rest[-1]
+
+    seqs, end = asyncio.run(main())
+    assert seqs == list(range(1, 65))
+    assert end["stop_reason"] == "max_tokens"
+
+
+def test_a_dropped_connection_is_cancelled_after_the_grace_period(server: Server) -> None:
+    async def main() -> None:
+        ws = await websockets.connect(server.ws_url)
+        await ws.send(
+            json.dumps(
+                {
+                    "action": "generate",
+                    "id": "orphan",
+                    "max_tokens": 2000,
+                    "prompt": "Write a very long story.",
+                }
+            )
+        )
+        while (await recv(ws))["type"] != "delta":
+            pass
+        ws.transport.abort()
+
+    asyncio.run(main())
+    gen = generation(server, "orphan")
+    assert not gen.done  # still generating during the grace period, so it can be resumed
+    assert wait_until(lambda: gen.done, timeout=10)
+    assert gen.stop_reason == "disconnected"
+
+
+def test_bad_messages_get_errors_and_the_connection_stays_usable(server: Server) -> None:
+    bad: list[tuple[str, str]] = [
+        ("not json", "BadRequest"),
+        (json.dumps({"action": "dance"}), "RouteNotFound"),
+        (json.dumps({"no": "action"}), "RouteNotFound"),
+        (json.dumps({"action": "generate", "id": "v"}), "ValidationException"),
+        (json.dumps({"action": "generate", "prompt": 5}), "ValidationException"),
+        (
+            json.dumps({"action": "generate", "prompt": "x", "max_tokens": "9"}),
+            "ValidationException",
+        ),
+        (
+            json.dumps({"action": "generate", "prompt": "x", "max_tokens": 10**6}),
+            "ValidationException",
+        ),
+        (json.dumps({"action": "stop", "id": "never-started"}), "ResourceNotFoundException"),
+        (json.dumps({"action": "resume", "id": 5}), "ValidationException"),
+        (json.dumps([1, 2]), "RouteNotFound"),
+    ]
+
+    async def main() -> list[Msg]:
+        async with websockets.connect(server.ws_url) as ws:
+            answers = []
+            for raw, _ in bad:
+                await ws.send(raw)
+                answers.append(await recv(ws, 10))
+            await ws.send(json.dumps({"action": "ping"}))
+            answers.append(await recv(ws, 10))
+            return answers
+
+    answers = asyncio.run(main())
+    assert [a["code"] for a in answers[:-1]] == [code for _, code in bad]
+    assert all(a["type"] == "error" and a["message"] for a in answers[:-1])
+    assert answers[-1] == {"type": "pong"}
+
+
+def test_an_oversize_message_closes_with_1009(server: Server) -> None:
+    async def main() -> int | None:
+        async with websockets.connect(server.ws_url, max_size=None) as ws:
+            await ws.send(json.dumps({"action": "ping", "pad": "x" * (129 * 1024)}))
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await recv(ws, 10)
+            return info.value.rcvd.code if info.value.rcvd else None
+
+    assert asyncio.run(main()) == 1009
+
+
+def test_connections_api_with_boto3(server: Server) -> None:
+    api = server.management()
+
+    async def main() -> None:
+        async with websockets.connect(server.ws_url, user_agent_header="test-agent") as ws:
+            await ws.send(json.dumps({"action": "whoami"}))
+            me = await recv(ws)
+            cid = me["connectionId"]
+            await asyncio.to_thread(api.post_to_connection, ConnectionId=cid, Data=b'{"hi": 1}')
+            assert await recv(ws) == {"hi": 1}
+            info = await asyncio.to_thread(api.get_connection, ConnectionId=cid)
+            assert info["Identity"] == {"SourceIp": "127.0.0.1", "UserAgent": "test-agent"}
+            assert info["LastActiveAt"] >= info["ConnectedAt"]
+            with pytest.raises(api.exceptions.PayloadTooLargeException):
+                await asyncio.to_thread(
+                    api.post_to_connection, ConnectionId=cid, Data=b"x" * (128 * 1024 + 1)
+                )
+            with pytest.raises(api.exceptions.GoneException):
+                await asyncio.to_thread(api.post_to_connection, ConnectionId="nope=", Data=b"x")
+            await asyncio.to_thread(api.delete_connection, ConnectionId=cid)
+            with pytest.raises(websockets.ConnectionClosed):
+                await recv(ws, 5)
+            with pytest.raises(api.exceptions.GoneException):
+                await asyncio.to_thread(api.get_connection, ConnectionId=cid)
+
+    asyncio.run(main())
+
+
+def test_connections_api_is_never_open_to_anyone(server: Server) -> None:
+    r = httpx.post(f"{server.url}/ws/@connections/abc%3D", content=b"x")
+    assert r.status_code == 403
+    assert r.headers["x-amzn-errortype"].startswith("ForbiddenException")
