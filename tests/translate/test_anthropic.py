@@ -58,7 +58,7 @@ def rejected(body: Any) -> str:
     with pytest.raises(ValidationError) as info:
         parse_body(MODEL, raw)
     assert info.value.status == 400
-    assert info.value.bedrock == "ValidationException"
+    assert info.value.aws == "ValidationException"
     return info.value.message
 
 
