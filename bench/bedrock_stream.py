@@ -133,6 +133,9 @@ class StopResult:
     produced_final: int | None = None
     close_to_done_ms: float | None = None
     steps_close_to_done: int | None = None
+    # When the last token after the close was first seen (None: no token after the close).
+    close_to_last_token_ms: float | None = None
+    steps_close_to_last_token: int | None = None
     stop_reason: str | None = None
     error: str = ""
 
@@ -468,17 +471,22 @@ def watch_until_settled(
         if info["done"] and out.close_to_done_ms is None:
             out.close_to_done_ms = (now - closed_at) * 1000
             out.stop_reason = info["stop_reason"]
-            steps = engine_steps(http)
-            if steps is not None and steps_at_close is not None:
-                out.steps_close_to_done = steps - steps_at_close
+            out.steps_close_to_done = steps_since(http, steps_at_close)
         if info["produced_tokens"] != produced:
             produced, changed_at = info["produced_tokens"], now
+            out.close_to_last_token_ms = (now - closed_at) * 1000
+            out.steps_close_to_last_token = steps_since(http, steps_at_close)
         if out.close_to_done_ms is not None and now - changed_at >= SETTLE_S:
             break
         time.sleep(POLL_S)
     else:
         out.error = f"not settled {STOP_TIMEOUT_S:.0f}s after close"
     out.produced_final = produced
+
+
+def steps_since(http: httpx.Client, steps_before: int | None) -> int | None:
+    steps = engine_steps(http)
+    return None if steps is None or steps_before is None else steps - steps_before
 
 
 def generation(http: httpx.Client, request_id: str) -> dict[str, Any]:
@@ -639,14 +647,16 @@ def throughput_table(rows: list[Row]) -> list[str]:
 def stop_table(report: StopReport) -> list[str]:
     lines = [
         "| Stream | Deltas read | produced_tokens at close | produced_tokens final "
-        "| Decoded after close | Close -> done (ms) | Engine steps close -> done | stop_reason |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Decoded after close | Close -> done (ms) | Engine steps close -> done "
+        "| Close -> last token seen (ms) | Engine steps close -> last token | stop_reason |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, s in enumerate(report.streams, 1):
         lines.append(
             f"| {i} | {s.deltas_at_close} | {opt(s.produced_at_close)} | {opt(s.produced_final)} "
             f"| {opt(s.decoded_after_close)} | {fmt(s.close_to_done_ms)} "
-            f"| {opt(s.steps_close_to_done)} | {s.stop_reason or s.error or '-'} |"
+            f"| {opt(s.steps_close_to_done)} | {fmt(s.close_to_last_token_ms)} "
+            f"| {opt(s.steps_close_to_last_token)} | {s.stop_reason or s.error or '-'} |"
         )
     return lines
 
@@ -687,8 +697,10 @@ NOTES = [
     "Stop test: engine steps_total, then produced_tokens (/sluicegate/generations/<id>), are "
     "read just before the client closes, so tokens and steps after close are upper bounds; "
     "the client closes with boto3's response['body'].close(), which closes the urllib3 "
-    "connection (the server reports stop_reason disconnected). The close -> done time is "
-    f"measured by polling every {POLL_S * 1000:g} ms (resolution: one poll plus one GET).",
+    "connection (the server reports stop_reason disconnected). Times after the close are "
+    f"measured by polling every {POLL_S * 1000:g} ms (resolution: one poll plus one GET). "
+    "done is the gateway's generation state; the engine may still finish the decode step in "
+    "flight, which is the last token column ('-': no token after the close).",
 ]
 
 

@@ -43,8 +43,27 @@ RouteOpt = Annotated[
 ]
 
 
-def apply_flags(settings: Settings, model: Path | None, routes: list[str] | None) -> Settings:
+WsRouteOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ws-route",
+        help="KEY=FILE.py:FUNCTION: a Lambda-style handler for a WebSocket route key "
+        "($connect, $disconnect, $default or an action). Repeatable.",
+    ),
+]
+
+
+def apply_flags(
+    settings: Settings,
+    model: Path | None,
+    routes: list[str] | None,
+    ws_routes: list[str] | None = None,
+) -> Settings:
     updates: dict[str, object] = {}
+    if ws_routes:
+        ws = settings.websocket
+        added = dict(parse_pair(r, "--ws-route") for r in ws_routes)
+        updates["websocket"] = ws.model_copy(update={"routes": {**ws.routes, **added}})
     if model is not None:
         if not model.is_file():
             raise typer.BadParameter(f"{model} is not a file", param_hint="--model")
@@ -52,6 +71,13 @@ def apply_flags(settings: Settings, model: Path | None, routes: list[str] | None
     if routes:
         updates["routes"] = [parse_route(r) for r in routes]
     return settings.model_copy(update=updates)
+
+
+def parse_pair(text: str, flag: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise typer.BadParameter(f"{text!r}: expected KEY=FILE.py:FUNCTION", param_hint=flag)
+    return key, value
 
 
 def parse_route(text: str) -> Route:
@@ -93,18 +119,26 @@ def serve(
     model: ModelOpt = None,
     config_file: ConfigOpt = None,
     route: RouteOpt = None,
+    ws_route: WsRouteOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the Bedrock Runtime API (and /metrics) with the configured providers."""
     import uvicorn
 
-    from sluicegate.routes.app import create_app
+    from sluicegate.handlers import HandlerLoadError
+    from sluicegate.routes.app import create_app, load_user_routes
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    settings = apply_flags(config.load(config_file), model, route)
+    settings = apply_flags(config.load(config_file), model, route, ws_route)
     settings = settings.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )
+    try:
+        # Handlers are imported first: a broken one is reported before the model loads.
+        app_routes = load_user_routes(settings)
+    except HandlerLoadError as exc:
+        console.print(f"[red]cannot load a handler:[/red] {exc}")
+        raise typer.Exit(2) from None
     gateway = Gateway(settings, build_providers(settings))
     for provider in gateway.providers.values():
         console.print(f"[green]ready[/green] {provider.describe()}")
@@ -113,7 +147,7 @@ def serve(
     console.print(f"WebSocket API: [bold]ws://{base}/{settings.websocket.stage}[/bold]")
     try:
         uvicorn.run(
-            create_app(gateway),
+            create_app(gateway, app_routes),
             host=settings.host,
             port=settings.port,
             log_level=log_level,

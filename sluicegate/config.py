@@ -53,6 +53,9 @@ class WebSocketSettings(Strict):
     # A dropped connection's generations wait this long to be resumed, then are cancelled.
     grace_seconds: float = Field(30.0, ge=0)
     max_message_bytes: int = Field(128 * 1024, ge=1024)
+    # Lambda-style handlers by route key: {"$connect": "chat.py:on_connect", "sendmessage": ...}
+    routes: dict[str, str] = {}
+    handler_timeout_seconds: float = Field(29.0, gt=0)
 
 
 class Route(Strict):
@@ -71,6 +74,12 @@ class Settings(Strict):
     # Accepted as `Authorization: Bearer <key>` where SigV4 is not used (@connections API).
     api_key: str | None = None
     max_body_bytes: int = 25 * 1024 * 1024
+
+    @property
+    def public_host(self) -> str:
+        """host:port as clients and handlers reach this server."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{host}:{self.port}"
 
     def provider_for(self, model_id: str) -> ProviderName | None:
         """Which provider serves a model id: plain ids, inference profiles and ARNs alike."""

@@ -66,6 +66,7 @@ class Server:
 
 def serve(gateway: Gateway) -> Server:
     port = free_port()
+    gateway.settings = gateway.settings.model_copy(update={"port": port})
     app = create_app(gateway)
     config = uvicorn.Config(
         app,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,19 +11,38 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from sluicegate import handlers
 from sluicegate.bus.memory import Connections
+from sluicegate.config import Settings
 from sluicegate.gateway import Gateway
 from sluicegate.routes import bedrock, metrics
 from sluicegate.routes.connections import connections_api
 from sluicegate.routes.websocket import WebSocketApi, cancel_all
 
 
-def create_app(gateway: Gateway) -> Starlette:
+def load_user_routes(settings: Settings) -> dict[str, handlers.Handler]:
+    """Import the configured handlers, after pointing their boto3 clients at this server."""
+    routes = settings.websocket.routes
+    if routes:
+        base = f"http://{settings.public_host}"
+        os.environ.update(handlers.handler_environment(base, settings.websocket.stage))
+    return {key: handlers.load_handler(spec) for key, spec in routes.items()}
+
+
+def create_app(
+    gateway: Gateway, user_routes: dict[str, handlers.Handler] | None = None
+) -> Starlette:
     """The app serving every door of one gateway."""
     ws = gateway.settings.websocket
     connections = Connections()
     ws_api = WebSocketApi(
-        gateway, connections, grace_seconds=ws.grace_seconds, route_key=ws.route_key
+        gateway,
+        connections,
+        grace_seconds=ws.grace_seconds,
+        route_key=ws.route_key,
+        user_routes=load_user_routes(gateway.settings) if user_routes is None else user_routes,
+        stage=ws.stage,
+        handler_timeout=ws.handler_timeout_seconds,
     )
 
     @asynccontextmanager
@@ -39,7 +59,7 @@ def create_app(gateway: Gateway) -> Starlette:
         routes=[
             *bedrock.routes(),
             *metrics.routes(),
-            ws_api.route(ws.stage),
+            ws_api.route(),
             *connections_api(connections, ws.stage, gateway.settings.api_key),
         ],
         exception_handlers={HTTPException: not_found},

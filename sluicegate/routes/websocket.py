@@ -21,11 +21,12 @@ from typing import Any
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from sluicegate import errors
+from sluicegate import errors, handlers
 from sluicegate.bus.memory import Connection, Connections
 from sluicegate.events import ErrorEvent, MessageStart, MessageStop, TextDelta
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
+from sluicegate.translate import apigateway
 from sluicegate.translate import websocket as wire
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,17 @@ class WebSocketApi:
         *,
         grace_seconds: float = 30.0,
         route_key: str = "$request.body.action",
+        user_routes: dict[str, handlers.Handler] | None = None,
+        stage: str = "ws",
+        handler_timeout: float = 29.0,
     ) -> None:
         self.gateway = gateway
         self.connections = connections
         self.grace_seconds = grace_seconds
+        self.user_routes = user_routes or {}
+        self.stage = stage
+        self.handler_timeout = handler_timeout
+        self._tasks: set[asyncio.Future[None]] = set()
         self.route_path = _route_path(route_key)
         self.live: dict[tuple[str, str], Live] = {}
         self.actions: dict[str, Callable[[Connection, Body], Awaitable[None]]] = {
@@ -68,15 +76,18 @@ class WebSocketApi:
             "whoami": self.whoami,
         }
 
-    def route(self, stage: str) -> WebSocketRoute:
-        return WebSocketRoute(f"/{stage}", self.endpoint)
+    def route(self) -> WebSocketRoute:
+        return WebSocketRoute(f"/{self.stage}", self.endpoint)
 
     # -- the connection ----------------------------------------------------------------------
 
     async def endpoint(self, ws: WebSocket) -> None:
-        await ws.accept()
         client = ws.client.host if ws.client else ""
         conn = Connection(_owner(ws), client, ws.headers.get("user-agent", ""))
+        if not await self._connect(conn, ws):
+            await ws.close(1008)  # before accept: the client sees the handshake refused (403)
+            return
+        await ws.accept()
         self.connections.add(conn)
         writer = asyncio.create_task(_write(conn, ws))
         try:
@@ -93,22 +104,78 @@ class WebSocketApi:
             self.connections.remove(conn)
             writer.cancel()
             self._detach(conn)
+            if "$disconnect" in self.user_routes:
+                self._spawn(self._invoke(conn, "$disconnect", "DISCONNECT"))
 
     async def dispatch(self, conn: Connection, raw: str | bytes) -> None:
         """Route one message; every failure is answered, and the connection stays usable."""
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            return _reply(conn, wire.error(None, "BadRequest", "Messages must be JSON objects."))
+            self._default(conn, raw, wire.error(None, "BadRequest", "Messages must be JSON."))
+            return
         key = _select(body, self.route_path)
+        if isinstance(key, str) and key in self.user_routes:
+            self._spawn(self._invoke(conn, key, "MESSAGE", raw))
+            return
         action = self.actions.get(key) if isinstance(key, str) else None
         if action is None:
             detail = f"No route for action {key!r}; built-in: {', '.join(self.actions)}."
-            return _reply(conn, wire.error(_id(body), "RouteNotFound", detail))
+            self._default(conn, raw, wire.error(_id(body), "RouteNotFound", detail))
+            return
         try:
             await action(conn, body)
         except errors.SluicegateError as exc:
             _reply(conn, wire.error_from(_id(body), exc))
+
+    def _default(self, conn: Connection, raw: str | bytes, otherwise: Body) -> None:
+        """Non-JSON and unmatched messages go to $default, or get an error message."""
+        if "$default" in self.user_routes:
+            self._spawn(self._invoke(conn, "$default", "MESSAGE", raw))
+        else:
+            _reply(conn, otherwise)
+
+    # -- user (Lambda-style) routes ----------------------------------------------------------
+
+    async def _connect(self, conn: Connection, ws: WebSocket) -> bool:
+        if "$connect" not in self.user_routes:
+            return True
+        event = self._event(conn, "$connect", "CONNECT", headers=ws.headers, query=ws.query_params)
+        try:
+            result = await self._call("$connect", event)
+        except Exception:
+            log.exception("$connect handler failed; refusing the connection")
+            return False
+        return not apigateway.refused(result)
+
+    async def _invoke(self, conn: Connection, key: str, kind: str, raw: str | bytes = "") -> None:
+        text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+        event = self._event(conn, key, kind, body=text)
+        try:
+            await self._call(key, event)
+        except errors.ModelTimeout as exc:
+            _reply(conn, wire.error(None, "HandlerTimeout", f"Route {key}: {exc.message}"))
+        except Exception:
+            log.exception("route %s handler failed", key)
+            _reply(conn, wire.error(None, "InternalServerError", f"Route {key}'s handler failed."))
+
+    async def _call(self, key: str, event: Body) -> Any:
+        context = handlers.LambdaContext(f"ws-{key.strip('$')}", self.handler_timeout)
+        return await handlers.call(self.user_routes[key], event, context)
+
+    def _event(self, conn: Connection, key: str, kind: str, **extra: Any) -> Body:
+        domain = self.gateway.settings.public_host
+        return apigateway.ws_event(conn, key, kind, domain=domain, stage=self.stage, **extra)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        def finished(t: asyncio.Future[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("WebSocket route task failed", exc_info=t.exception())
+
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(finished)
 
     # -- built-in routes ---------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from tests.conftest import Server, wait_until
 Msg = dict[str, Any]
 
 
-async def recv(ws: Any, timeout: float = 60) -> Msg:
+async def recv(ws: Any, timeout: float = 60) -> Msg:  # noqa: ASYNC109
     message: Msg = json.loads(await asyncio.wait_for(ws.recv(), timeout))
     return message
 

@@ -1,0 +1,121 @@
+"""Lambda-style user handlers: `handler(event, context)` loaded from `path/to/file.py:name`.
+
+Handlers run in this process, sync ones in a worker thread, async ones on the loop, each with a
+Lambda-like context and a deadline. They reach sluicegate itself with unmodified boto3 code:
+`handler_environment` points AWS_ENDPOINT_URL_* at this server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import os
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sluicegate import errors
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+class HandlerLoadError(Exception):
+    """A handler module that cannot be imported: says which file and line."""
+
+
+def load_handler(spec: str) -> Handler:
+    """Import `file.py:function` (the file's folder goes on sys.path, as Lambda's task root)."""
+    path_text, sep, name = spec.rpartition(":")
+    path = Path(path_text)
+    if not sep or not name or path.suffix != ".py":
+        raise HandlerLoadError(f"{spec!r}: expected path/to/file.py:function")
+    if not path.is_file():
+        raise HandlerLoadError(f"{spec!r}: no file {path}")
+    module = _import(path.resolve())
+    handler = getattr(module, name, None)
+    if not callable(handler):
+        raise HandlerLoadError(f"{spec!r}: {path} has no function {name!r}")
+    return handler  # type: ignore[no-any-return]
+
+
+def _import(path: Path) -> Any:
+    """Import a handler file once, however many routes name it (they share its state)."""
+    module_name = f"sluicegate_handler_{path.stem}_{abs(hash(path)) % 10**8}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise HandlerLoadError(f"{exc.filename}:{exc.lineno}: {exc.msg}") from exc
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{frame.filename}:{frame.lineno}"
+        raise HandlerLoadError(f"{where}: {type(exc).__name__}: {exc}") from exc
+    sys.modules[module_name] = module
+    return module
+
+
+@dataclass
+class LambdaContext:
+    """The attributes and method handlers use on Lambda's context object."""
+
+    function_name: str
+    timeout_seconds: float
+    memory_limit_in_mb: int = 128
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_version: str = "$LATEST"
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:us-east-1:000000000000:function:{self.function_name}"
+
+    @property
+    def log_group_name(self) -> str:
+        return f"/aws/lambda/{self.function_name}"
+
+    @property
+    def log_stream_name(self) -> str:
+        return time.strftime("%Y/%m/%d/[$LATEST]") + self.aws_request_id.replace("-", "")
+
+    def get_remaining_time_in_millis(self) -> int:
+        left = self.timeout_seconds - (time.monotonic() - self.started)
+        return max(0, int(left * 1000))
+
+
+async def call(handler: Handler, event: dict[str, Any], context: LambdaContext) -> Any:
+    """Run a handler to completion within its timeout (errors.ModelTimeout past it)."""
+    if inspect.iscoroutinefunction(handler):
+        work: Any = handler(event, context)
+    else:
+        work = asyncio.to_thread(handler, event, context)
+    try:
+        return await asyncio.wait_for(work, context.timeout_seconds)
+    except TimeoutError:
+        raise errors.ModelTimeout(
+            f"Task timed out after {context.timeout_seconds:.2f} seconds"
+        ) from None
+
+
+def handler_environment(base_url: str, stage: str) -> dict[str, str]:
+    """What handlers' boto3 clients need to talk to this server, unless already set."""
+    wanted = {
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": base_url,
+        "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI": f"{base_url}/{stage}",
+        "AWS_ACCESS_KEY_ID": "sluicegate",
+        "AWS_SECRET_ACCESS_KEY": "sluicegate",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    return {k: v for k, v in wanted.items() if k not in os.environ}
