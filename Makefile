@@ -22,8 +22,8 @@ serve: $(STAMP)
 	$(BIN)/sluicegate serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check sluicegate tests bench
-	$(BIN)/ruff format --check sluicegate tests bench
+	$(BIN)/ruff check sluicegate tests bench examples
+	$(BIN)/ruff format --check sluicegate tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
