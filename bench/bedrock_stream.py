@@ -71,6 +71,8 @@ NAMES = (
     "Wren", "Xena", "Yusuf", "Zoe", "Anouk", "Basil", "Cyra", "Dario", "Esme", "Finn",
 )  # fmt: skip
 T = TypeVar("T")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BUSY_WARNING = 0.1  # cores used by other processes during a measurement
 STOP_OK = {"end_turn", "max_tokens", "stop_sequence", "stop", "length"}
 
 
@@ -120,7 +122,7 @@ class Row:
     ttft_max: float | None
     units_total: int
     failures: list[str] = field(default_factory=list)
-    client_cpu: float | None = None
+    cpu: CpuShare | None = None
 
 
 @dataclass
@@ -151,6 +153,7 @@ class StopReport:
     streams: list[StopResult]
     engine_before: dict[str, float] | None
     engine_after: dict[str, float] | None
+    cpu: CpuShare
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -211,6 +214,64 @@ def aggregate_rate(run: list[StreamResult], count: Callable[[StreamResult], int]
     return sum(count(r) for r in run if r.ok) / wall if wall > 0 else None
 
 
+# -- CPU accounting --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds so far: all CPUs (busy), this process, the server process; and wall time."""
+
+    wall: float
+    busy: float
+    client: float
+    server: float
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """CPU used over an interval, in cores (1.0 = one core busy the whole time)."""
+
+    client: float
+    server: float
+    other: float  # everything else on the machine: should be ~0 for trustworthy figures
+
+
+def cpu_sample(server_pid: int | None = None) -> CpuSample:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return CpuSample(
+        wall=time.perf_counter(),
+        busy=(user + nice + system + irq + softirq + steal) / CLK_TCK,
+        client=process_cpu("self"),
+        server=0.0 if server_pid is None else process_cpu(str(server_pid)),
+    )
+
+
+def process_cpu(pid: str) -> float:
+    """utime + stime of a process (all its threads), in seconds; 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    rest = stat.rpartition(")")[2].split()  # fields from 3 (state) on
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def cpu_share(a: CpuSample, b: CpuSample) -> CpuShare:
+    wall = max(b.wall - a.wall, 1e-9)
+    client, server = b.client - a.client, b.server - a.server
+    other = max(0.0, b.busy - a.busy - client - server)
+    return CpuShare(client / wall, server / wall, other / wall)
+
+
+def idle_check(seconds: float = 2.0) -> float:
+    """Cores busy on the whole machine over a short sample, before anything starts."""
+    before = cpu_sample()
+    time.sleep(seconds)
+    share = cpu_share(before, cpu_sample())
+    return share.client + share.other
+
+
 # -- processes -------------------------------------------------------------------------------
 
 
@@ -222,7 +283,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(cmd: list[str], probe_url: str, log_path: Path) -> Iterator[None]:
+def server_process(cmd: list[str], probe_url: str, log_path: Path) -> Iterator[int]:
     """Run a server in its own process group until the block ends (also on errors/Ctrl-C)."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -231,7 +292,7 @@ def server_process(cmd: list[str], probe_url: str, log_path: Path) -> Iterator[N
         )  # fmt: skip
         try:
             wait_until_up(proc, probe_url, log_path)
-            yield
+            yield proc.pid
         finally:
             stop_group(proc)
 
@@ -311,25 +372,28 @@ WARMUP_PROMPT = "Write a long story about a lighthouse keeper named Morgan."
 class Measured:
     runs: list[list[StreamResult]]
     warmup: StreamResult
-    client_cpu: float  # this process's CPU seconds per wall second during the runs
+    cpu: CpuShare
 
 
 def measure(
-    stream: Callable[[int], StreamResult], n: int, runs: int, warmup: Callable[[], StreamResult]
+    stream: Callable[[int], StreamResult],
+    n: int,
+    runs: int,
+    warmup: Callable[[], StreamResult],
+    server_pid: int,
 ) -> Measured:
     """A warm-up request, then `runs` rounds of n concurrent streams."""
     warm = warmup()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    before = cpu_sample(server_pid)
     results = [run_together(n, stream) for _ in range(runs)]
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return Measured(results, warm, cpu / wall if wall > 0 else 0.0)
+    return Measured(results, warm, cpu_share(before, cpu_sample(server_pid)))
 
 
 def to_row(target: str, n: int, unit: str, measured: Measured, use_deltas: bool) -> Row:
     runs = len(measured.runs)
     label = f"{n} (median of {runs} runs)" if runs > 1 else str(n)
     row = summarize(target, label, unit, measured.runs, use_deltas)
-    row.client_cpu = measured.client_cpu
+    row.cpu = measured.cpu
     warm = measured.warmup
     if not warm.ok:
         row.failures.append(f"warm-up: {warm.error or f'stop_reason={warm.stop_reason}'}")
@@ -386,7 +450,7 @@ def on_chunk(result: StreamResult, chunk: dict[str, Any]) -> None:
         result.stop_reason = chunk["delta"]["stop_reason"]
 
 
-def bedrock_scenarios(url: str) -> list[Row]:
+def bedrock_scenarios(url: str, server_pid: int) -> list[Row]:
     clients = bedrock_clients(url, 32)
     rows = []
     for target, model, unit, use_deltas in (
@@ -402,7 +466,8 @@ def bedrock_scenarios(url: str) -> list[Row]:
             def warmup(model: str = model) -> StreamResult:
                 return bedrock_stream(clients[0], model, WARMUP_PROMPT, WARMUP_TOKENS)
 
-            rows.append(to_row(target, n, unit, measure(stream, n, runs, warmup), use_deltas))
+            measured = measure(stream, n, runs, warmup, server_pid)
+            rows.append(to_row(target, n, unit, measured, use_deltas))
     return rows
 
 
@@ -418,14 +483,15 @@ def progress(row: Row) -> None:
 # -- stop latency ----------------------------------------------------------------------------
 
 
-def stop_latency(url: str) -> StopReport:
+def stop_latency(url: str, server_pid: int) -> StopReport:
     clients = bedrock_clients(url, STOP_STREAMS)
     with httpx.Client(base_url=url, timeout=10) as http:
         bedrock_stream(clients[0], LOCAL_MODEL, WARMUP_PROMPT, WARMUP_TOKENS)
-        before = engine_figures(http)
+        before, cpu_before = engine_figures(http), cpu_sample(server_pid)
         streams = run_together(STOP_STREAMS, lambda i: stop_one(clients[i], http, prompt(i)))
+        cpu = cpu_share(cpu_before, cpu_sample(server_pid))
         after = engine_figures(http)
-    return StopReport(streams, before, after)
+    return StopReport(streams, before, after, cpu)
 
 
 def stop_one(client: Any, http: httpx.Client, text: str) -> StopResult:
@@ -551,7 +617,7 @@ def on_openai_chunk(result: StreamResult, chunk: dict[str, Any]) -> None:
         result.stop_reason = choice["finish_reason"]
 
 
-def peer_scenarios(url: str) -> list[Row]:
+def peer_scenarios(url: str, server_pid: int) -> list[Row]:
     rows = []
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     with httpx.Client(base_url=url, timeout=httpx.Timeout(300, connect=10), limits=limits) as http:
@@ -562,6 +628,7 @@ def peer_scenarios(url: str) -> list[Row]:
                 n,
                 runs,
                 lambda: openai_stream(http, WARMUP_PROMPT, WARMUP_TOKENS),
+                server_pid,
             )
             rows.append(to_row("llama-cpp-python server", n, "tok/s", measured, False))
     return rows
@@ -581,8 +648,8 @@ def run_peer(workdir: Path) -> list[Row] | str:
     url = f"http://127.0.0.1:{port}"
     print(f"llama-cpp-python server on {url} ...", file=sys.stderr, flush=True)
     cmd = peer_cmd(port, embedded_model_path())
-    with server_process(cmd, f"{url}/v1/models", workdir / "peer.log"):
-        return peer_scenarios(url)
+    with server_process(cmd, f"{url}/v1/models", workdir / "peer.log") as pid:
+        return peer_scenarios(url, pid)
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -596,24 +663,7 @@ def fmt_ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:,.0f}"
 
 
-def cpu_busy(seconds: float = 2.0) -> float | None:
-    """Share of all CPUs busy over a short sample (from /proc/stat), to flag a machine in use."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + fields[4]
-        return sum(fields) - idle, sum(fields)
-
-    try:
-        busy0, total0 = sample()
-        time.sleep(seconds)
-        busy1, total1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return (busy1 - busy0) / max(1, total1 - total0)
-
-
-def machine_line(busy: float | None) -> str:
+def machine_line(busy: float) -> str:
     model = "unknown CPU"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -624,22 +674,21 @@ def machine_line(busy: float | None) -> str:
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"Machine: {os.cpu_count()} CPUs (nproc), {model}; Python {platform.python_version()}; "
-        f"{now}; load average at start {load}; CPU busy before start "
-        f"{'-' if busy is None else f'{busy:.0%}'}"
+        f"{now}; load average at start {load}; cores busy just before start {busy:.2f}"
     )
 
 
 def throughput_table(rows: list[Row]) -> list[str]:
     lines = [
         "| Target | Streams | OK / failed | Aggregate | Per-stream p50 | TTFT p50 (ms) "
-        "| TTFT p99 (ms) | TTFT max (ms) | Units received | Client CPU |",
+        "| TTFT p99 (ms) | TTFT max (ms) | Units received | Cores: client / server / other |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.target} | {r.streams} | {r.ok} / {r.failed} | {fmt(r.aggregate)} {r.unit} "
             f"| {fmt(r.per_stream)} {r.unit} | {fmt_ms(r.ttft_p50)} | {fmt_ms(r.ttft_p99)} "
-            f"| {fmt_ms(r.ttft_max)} | {r.units_total:,} | {pct(r.client_cpu)} |"
+            f"| {fmt_ms(r.ttft_max)} | {r.units_total:,} | {cores(r.cpu)} |"
         )
     return lines
 
@@ -661,8 +710,10 @@ def stop_table(report: StopReport) -> list[str]:
     return lines
 
 
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
+def cores(share: CpuShare | None) -> str:
+    if share is None:
+        return "-"
+    return f"{share.client:.2f} / {share.server:.2f} / {share.other:.2f}"
 
 
 def opt(value: int | None) -> str:
@@ -676,7 +727,10 @@ def engine_delta_line(report: StopReport) -> str:
     keys = ("steps_total", "decoded_tokens_total", "cancelled_sequences_total")
     parts = [f"{k} +{after[k] - before[k]:g}" for k in keys]
     idle = f"running {after['running_sequences']:g}, KV cells used {after['kv_cells_used']:g}"
-    return f"Engine counters over the whole stop test: {', '.join(parts)}; afterwards {idle}."
+    return (
+        f"Engine counters over the whole stop test: {', '.join(parts)}; afterwards {idle}. "
+        f"Cores client / server / other during it: {cores(report.cpu)}."
+    )
 
 
 NOTES = [
@@ -689,9 +743,10 @@ NOTES = [
     "events (one word each); llama-cpp-python tokens = SSE chunks with non-empty "
     "delta.content (it sends one per token).",
     "Clients are Python threads (boto3 / httpx) on the same 2 cores as the server, so "
-    "client-side parsing competes with the server for CPU, most visibly in the scripted rows; "
-    "Client CPU = the benchmark process's CPU time / wall time during the runs (100% = one "
-    "core).",
+    "client-side parsing competes with the server for CPU, most visibly in the scripted rows. "
+    "Cores = CPU seconds per wall second during the runs (1.00 = one core) used by the "
+    "benchmark process, the server process and everything else (from /proc); 'other' well "
+    "above 0 means another program was competing and the row is not trustworthy.",
     "llama-cpp-python server runs with --interrupt_requests false (otherwise each new request "
     "cuts the running stream short); it serves one request at a time.",
     "Stop test: engine steps_total, then produced_tokens (/sluicegate/generations/<id>), are "
@@ -710,6 +765,9 @@ def report(rows: list[Row], stop: StopReport | None, peer_note: str, machine: st
     failures = [f"{r.target} x{r.streams}: {f}" for r in rows for f in r.failures]
     if failures:
         lines += ["Failures:", "", *[f"- {f}" for f in failures], ""]
+    busy = [f"{r.target} x{r.streams}" for r in rows if r.cpu and r.cpu.other > BUSY_WARNING]
+    if busy:
+        lines += [f"**Warning: other programs used the CPU during: {'; '.join(busy)}.**", ""]
     if stop is not None:
         lines += [
             f"## Stop latency ({STOP_STREAMS} streams, max_tokens {STOP_MAX_TOKENS}, "
@@ -735,10 +793,11 @@ def run_sluicegate(workdir: Path) -> tuple[list[Row], StopReport]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     print(f"sluicegate on {url} ...", file=sys.stderr, flush=True)
-    with server_process(sluicegate_cmd(port, config), f"{url}/metrics", workdir / "server.log"):
-        rows = bedrock_scenarios(url)
+    cmd = sluicegate_cmd(port, config)
+    with server_process(cmd, f"{url}/metrics", workdir / "server.log") as pid:
+        rows = bedrock_scenarios(url, pid)
         print("  stop latency ...", file=sys.stderr, flush=True)
-        stop = stop_latency(url)
+        stop = stop_latency(url, pid)
     return rows, stop
 
 
@@ -760,10 +819,10 @@ def run(argv: list[str] | None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the table")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, raise_interrupt)
-    busy = cpu_busy()
+    busy = idle_check()
     machine = machine_line(busy)
-    if busy is not None and busy > 0.2:
-        print(f"warning: the CPUs were {busy:.0%} busy before start", file=sys.stderr)
+    if busy > BUSY_WARNING:
+        print(f"warning: {busy:.2f} cores were busy before start", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="sluicegate-bench-") as tmp:
         rows, stop = run_sluicegate(Path(tmp))
         peer_note = ""

@@ -120,6 +120,13 @@ def serve(
     config_file: ConfigOpt = None,
     route: RouteOpt = None,
     ws_route: WsRouteOpt = None,
+    limits: Annotated[
+        str,
+        typer.Option(
+            help="aws: API Gateway's quotas (128 KiB messages, 10 min idle, 2 h); "
+            "relaxed: none of them, for local work."
+        ),
+    ] = "aws",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the Bedrock Runtime API (and /metrics) with the configured providers."""
@@ -130,6 +137,10 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = apply_flags(config.load(config_file), model, route, ws_route)
+    if limits == "relaxed":
+        settings = settings.model_copy(update={"websocket": config.relaxed(settings.websocket)})
+    elif limits != "aws":
+        raise typer.BadParameter("expected aws or relaxed", param_hint="--limits")
     settings = settings.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )

@@ -56,6 +56,9 @@ class WebSocketSettings(Strict):
     # Lambda-style handlers by route key: {"$connect": "chat.py:on_connect", "sendmessage": ...}
     routes: dict[str, str] = {}
     handler_timeout_seconds: float = Field(29.0, gt=0)
+    # API Gateway's quotas; null lifts them (`--limits relaxed` does, for local work).
+    idle_timeout_seconds: float | None = Field(600.0, gt=0)
+    max_connection_seconds: float | None = Field(7200.0, gt=0)
 
 
 class Route(Strict):
@@ -90,6 +93,18 @@ class Settings(Strict):
 
     def used_providers(self) -> list[ProviderName]:
         return sorted({r.provider for r in self.routes})
+
+
+def relaxed(ws: WebSocketSettings) -> WebSocketSettings:
+    """API Gateway's limits lifted: no idle or lifetime cap, 16 MiB messages, 15 min handlers."""
+    return ws.model_copy(
+        update={
+            "idle_timeout_seconds": None,
+            "max_connection_seconds": None,
+            "max_message_bytes": 16 * 1024 * 1024,
+            "handler_timeout_seconds": 900.0,
+        }
+    )
 
 
 def load(path: Path | None) -> Settings:

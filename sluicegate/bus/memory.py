@@ -29,19 +29,30 @@ class Connection:
     last_active_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     outbound: asyncio.Queue[Outbound] = field(default_factory=asyncio.Queue)
     closed: bool = False
+    close_code: int = 1000
+    opened: float = field(default_factory=time.monotonic)
+    active: float = field(default_factory=time.monotonic)
 
     def send(self, message: str | bytes) -> None:
         if self.closed:
             raise errors.Gone(f"Connection {self.id} is gone.")
         self.outbound.put_nowait(message)
 
-    def close(self) -> None:
+    def close(self, code: int = 1000) -> None:
         if not self.closed:
             self.closed = True
+            self.close_code = code
             self.outbound.put_nowait(None)
 
     def touch(self) -> None:
         self.last_active_at = datetime.now(UTC)
+        self.active = time.monotonic()
+
+    def expired(self, now: float, idle: float | None, lifetime: float | None) -> bool:
+        """Past API Gateway's idle timeout or maximum connection duration."""
+        return (idle is not None and now - self.active > idle) or (
+            lifetime is not None and now - self.opened > lifetime
+        )
 
 
 class Connections:
@@ -59,6 +70,14 @@ class Connections:
     def remove(self, conn: Connection) -> None:
         conn.closed = True
         self.by_id.pop(conn.id, None)
+
+    def close_expired(self, idle: float | None, lifetime: float | None) -> int:
+        """Close connections past their limits with 1001 (going away), as AWS does."""
+        now = time.monotonic()
+        expired = [c for c in self.by_id.values() if c.expired(now, idle, lifetime)]
+        for conn in expired:
+            conn.close(1001)
+        return len(expired)
 
     def get(self, connection_id: str) -> Connection:
         conn = self.by_id.get(connection_id)

@@ -3,7 +3,8 @@
 A "token" here is one word (with its following space); the prompt is counted the same way. The
 answer echoes the last user turn, then repeats a fixed text (with some non-ASCII in it) until
 `length` tokens or max_tokens. A user turn containing `sluicegate:fail-after=N` makes the
-stream fail after N tokens, to exercise in-band errors.
+stream fail after N tokens, to exercise in-band errors; `sluicegate:delay-ms=N` sets the pace
+for that request.
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ class ScriptedProvider:
 
     async def _pieces(self, request: ChatRequest, key: str) -> AsyncGenerator[Piece, None]:
         words = self.words(request)[: request.max_tokens]
-        fail_after = _fail_after(request)
+        fail_after = _directive(request, "fail-after", 1 << 62)
+        delay = _directive(request, "delay-ms", self.delay * 1000) / 1000
         self.produced[key] = 0
         for i, word in enumerate(words, 1):
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(delay)
             if i > fail_after:
                 raise errors.ModelStreamError(f"Scripted failure after {fail_after} tokens.")
             self.produced[key] = i
@@ -68,10 +70,10 @@ class ScriptedProvider:
             yield Piece(word, 1, finish)
 
 
-def _fail_after(request: ChatRequest) -> int:
+def _directive(request: ChatRequest, name: str, default: float) -> float:
     users = " ".join(m.text for m in request.messages if m.role == "user")
-    found = re.search(r"sluicegate:fail-after=(\d+)", users)
-    return int(found.group(1)) if found else 1 << 62
+    found = re.search(rf"sluicegate:{name}=(\d+)", users)
+    return int(found.group(1)) if found else default
 
 
 def _prompt_words(request: ChatRequest) -> list[str]:

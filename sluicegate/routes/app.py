@@ -43,6 +43,8 @@ def create_app(
         user_routes=load_user_routes(gateway.settings) if user_routes is None else user_routes,
         stage=ws.stage,
         handler_timeout=ws.handler_timeout_seconds,
+        idle_timeout=ws.idle_timeout_seconds,
+        max_lifetime=ws.max_connection_seconds,
     )
 
     @asynccontextmanager

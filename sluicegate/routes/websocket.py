@@ -58,6 +58,8 @@ class WebSocketApi:
         user_routes: dict[str, handlers.Handler] | None = None,
         stage: str = "ws",
         handler_timeout: float = 29.0,
+        idle_timeout: float | None = 600.0,
+        max_lifetime: float | None = 7200.0,
     ) -> None:
         self.gateway = gateway
         self.connections = connections
@@ -66,6 +68,9 @@ class WebSocketApi:
         self.stage = stage
         self.handler_timeout = handler_timeout
         self._tasks: set[asyncio.Future[None]] = set()
+        self.idle_timeout = idle_timeout
+        self.max_lifetime = max_lifetime
+        self._sweeper: asyncio.Task[None] | None = None
         self.route_path = _route_path(route_key)
         self.live: dict[tuple[str, str], Live] = {}
         self.actions: dict[str, Callable[[Connection, Body], Awaitable[None]]] = {
@@ -89,6 +94,7 @@ class WebSocketApi:
             return
         await ws.accept()
         self.connections.add(conn)
+        self._start_sweeper()
         writer = asyncio.create_task(_write(conn, ws))
         try:
             while True:
@@ -134,6 +140,16 @@ class WebSocketApi:
             self._spawn(self._invoke(conn, "$default", "MESSAGE", raw))
         else:
             _reply(conn, otherwise)
+
+    def _start_sweeper(self) -> None:
+        limits = [t for t in (self.idle_timeout, self.max_lifetime) if t is not None]
+        if limits and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep(min(1.0, min(limits) / 4)))
+
+    async def _sweep(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.connections.close_expired(self.idle_timeout, self.max_lifetime)
 
     # -- user (Lambda-style) routes ----------------------------------------------------------
 
@@ -289,7 +305,7 @@ async def _write(conn: Connection, ws: WebSocket) -> None:
                 await ws.send_text(message)
             else:
                 await ws.send_bytes(message)
-        await ws.close(1000)
+        await ws.close(conn.close_code)
 
 
 def _reply(conn: Connection, message: Body) -> None:
@@ -329,6 +345,8 @@ def _owner(ws: WebSocket) -> str:
 
 
 def cancel_all(api: WebSocketApi) -> None:
+    if api._sweeper is not None:
+        api._sweeper.cancel()
     for live in api.live.values():
         live.gen.cancel("cancelled")
         if live.grace is not None:

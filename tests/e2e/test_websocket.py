@@ -142,8 +142,8 @@ def test_a_dropped_connection_is_cancelled_after_the_grace_period(server: Server
                 {
                     "action": "generate",
                     "id": "orphan",
-                    "max_tokens": 2000,
-                    "prompt": "Write a very long story.",
+                    "model": "scripted",
+                    "prompt": "sluicegate:delay-ms=50",
                 }
             )
         )
@@ -237,3 +237,44 @@ def test_connections_api_is_never_open_to_anyone(server: Server) -> None:
     r = httpx.post(f"{server.url}/ws/@connections/abc%3D", content=b"x")
     assert r.status_code == 403
     assert r.headers["x-amzn-errortype"].startswith("ForbiddenException")
+
+
+@pytest.fixture(scope="module")
+def strict_server() -> Any:
+    from sluicegate.config import Route, Settings, WebSocketSettings
+    from sluicegate.gateway import Gateway
+    from sluicegate.providers.scripted import ScriptedProvider
+    from tests.conftest import serve, stop
+
+    settings = Settings(
+        routes=[Route(match="*", provider="scripted")],
+        websocket=WebSocketSettings(idle_timeout_seconds=0.6, max_connection_seconds=2.5),
+    )
+    s = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.001)}))
+    yield s
+    stop(s)
+
+
+def test_idle_connections_close_with_1001_and_messages_keep_them_alive(strict_server: Any) -> None:
+    async def idle() -> int | None:
+        async with websockets.connect(strict_server.ws_url) as ws:
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await recv(ws, 5)
+            return info.value.rcvd.code if info.value.rcvd else None
+
+    async def chatty() -> tuple[int, int | None]:
+        pongs = 0
+        async with websockets.connect(strict_server.ws_url) as ws:
+            try:
+                for _ in range(30):  # 3 s of pings every 0.1 s: idle never, but over 2.5 s
+                    await ws.send(json.dumps({"action": "ping"}))
+                    await recv(ws, 5)
+                    pongs += 1
+                    await asyncio.sleep(0.1)
+            except websockets.ConnectionClosed as exc:
+                return pongs, exc.rcvd.code if exc.rcvd else None
+        return pongs, None
+
+    assert asyncio.run(idle()) == 1001
+    pongs, code = asyncio.run(chatty())
+    assert code == 1001 and 10 < pongs < 30  # alive past the idle timeout, closed at 2.5 s
