@@ -73,6 +73,7 @@ NAMES = (
 T = TypeVar("T")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BUSY_WARNING = 0.1  # cores used by other processes during a measurement
+MIN_CPU_WALL_S = 0.5
 STOP_OK = {"end_turn", "max_tokens", "stop_sequence", "stop", "length"}
 
 
@@ -234,6 +235,12 @@ class CpuShare:
     client: float
     server: float
     other: float  # everything else on the machine: should be ~0 for trustworthy figures
+    wall: float
+
+    @property
+    def measurable(self) -> bool:
+        """/proc counts in 10 ms ticks: shorter intervals give meaningless shares."""
+        return self.wall >= MIN_CPU_WALL_S
 
 
 def cpu_sample(server_pid: int | None = None) -> CpuSample:
@@ -261,7 +268,7 @@ def cpu_share(a: CpuSample, b: CpuSample) -> CpuShare:
     wall = max(b.wall - a.wall, 1e-9)
     client, server = b.client - a.client, b.server - a.server
     other = max(0.0, b.busy - a.busy - client - server)
-    return CpuShare(client / wall, server / wall, other / wall)
+    return CpuShare(client / wall, server / wall, other / wall, wall)
 
 
 def idle_check(seconds: float = 2.0) -> float:
@@ -450,24 +457,30 @@ def on_chunk(result: StreamResult, chunk: dict[str, Any]) -> None:
         result.stop_reason = chunk["delta"]["stop_reason"]
 
 
+# (row label, model id, unit, count deltas rather than output tokens?, streams, runs)
+SCENARIOS = [
+    ("sluicegate, embedded model", LOCAL_MODEL, "tok/s", False, 1, SINGLE_RUNS),
+    ("sluicegate, embedded model", LOCAL_MODEL, "tok/s", False, 8, 1),
+    ("sluicegate, embedded model", LOCAL_MODEL, "tok/s", False, 32, 1),
+    # A scripted run takes milliseconds: more rounds steady the figures.
+    ("sluicegate, scripted (0 ms)", SCRIPTED_MODEL, "events/s", True, 1, SINGLE_RUNS),
+    ("sluicegate, scripted (0 ms)", SCRIPTED_MODEL, "events/s", True, 32, 5),
+]
+
+
 def bedrock_scenarios(url: str, server_pid: int) -> list[Row]:
-    clients = bedrock_clients(url, 32)
+    clients = bedrock_clients(url, max(s[4] for s in SCENARIOS))
     rows = []
-    for target, model, unit, use_deltas in (
-        ("sluicegate, embedded model", LOCAL_MODEL, "tok/s", False),
-        ("sluicegate, scripted (0 ms)", SCRIPTED_MODEL, "events/s", True),
-    ):
-        for n in (1, 8, 32) if model == LOCAL_MODEL else (1, 32):
-            runs = SINGLE_RUNS if n == 1 else 1
+    for target, model, unit, use_deltas, n, runs in SCENARIOS:
 
-            def stream(i: int, model: str = model) -> StreamResult:
-                return bedrock_stream(clients[i], model, prompt(i), MAX_TOKENS)
+        def stream(i: int, model: str = model) -> StreamResult:
+            return bedrock_stream(clients[i], model, prompt(i), MAX_TOKENS)
 
-            def warmup(model: str = model) -> StreamResult:
-                return bedrock_stream(clients[0], model, WARMUP_PROMPT, WARMUP_TOKENS)
+        def warmup(model: str = model) -> StreamResult:
+            return bedrock_stream(clients[0], model, WARMUP_PROMPT, WARMUP_TOKENS)
 
-            measured = measure(stream, n, runs, warmup, server_pid)
-            rows.append(to_row(target, n, unit, measured, use_deltas))
+        measured = measure(stream, n, runs, warmup, server_pid)
+        rows.append(to_row(target, n, unit, measured, use_deltas))
     return rows
 
 
@@ -713,6 +726,8 @@ def stop_table(report: StopReport) -> list[str]:
 def cores(share: CpuShare | None) -> str:
     if share is None:
         return "-"
+    if not share.measurable:
+        return f"- (run too short: {share.wall * 1000:.0f} ms)"
     return f"{share.client:.2f} / {share.server:.2f} / {share.other:.2f}"
 
 
@@ -746,7 +761,8 @@ NOTES = [
     "client-side parsing competes with the server for CPU, most visibly in the scripted rows. "
     "Cores = CPU seconds per wall second during the runs (1.00 = one core) used by the "
     "benchmark process, the server process and everything else (from /proc); 'other' well "
-    "above 0 means another program was competing and the row is not trustworthy.",
+    "above 0 means another program was competing and the row is not trustworthy (not shown "
+    f"for runs under {MIN_CPU_WALL_S:g} s: /proc counts 10 ms ticks).",
     "llama-cpp-python server runs with --interrupt_requests false (otherwise each new request "
     "cuts the running stream short); it serves one request at a time.",
     "Stop test: engine steps_total, then produced_tokens (/sluicegate/generations/<id>), are "
@@ -759,13 +775,17 @@ NOTES = [
 ]
 
 
+def suspect(share: CpuShare) -> bool:
+    return share.measurable and share.other > BUSY_WARNING
+
+
 def report(rows: list[Row], stop: StopReport | None, peer_note: str, machine: str) -> str:
     lines = ["# sluicegate streaming benchmark", "", machine, ""]
     lines += ["## Throughput and time to first token", "", *throughput_table(rows), ""]
     failures = [f"{r.target} x{r.streams}: {f}" for r in rows for f in r.failures]
     if failures:
         lines += ["Failures:", "", *[f"- {f}" for f in failures], ""]
-    busy = [f"{r.target} x{r.streams}" for r in rows if r.cpu and r.cpu.other > BUSY_WARNING]
+    busy = [f"{r.target} x{r.streams}" for r in rows if r.cpu and suspect(r.cpu)]
     if busy:
         lines += [f"**Warning: other programs used the CPU during: {'; '.join(busy)}.**", ""]
     if stop is not None:

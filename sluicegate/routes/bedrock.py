@@ -121,23 +121,32 @@ async def invoke(request: Request) -> Response:
 async def invoke_stream(request: Request) -> Response:
     gen = await start(request, anthropic.parse_body)
     headers = _headers(gen, **{"X-Amzn-Bedrock-Content-Type": "application/json"})
-    return StreamResponse(gen, chunk_frames(gen), EVENTSTREAM, headers)
+    return StreamResponse(gen, frames(gen, chunk_frame), EVENTSTREAM, headers)
 
 
-async def chunk_frames(gen: Generation) -> AsyncGenerator[bytes, None]:
-    """One `chunk` frame per Anthropic stream event; failures end with an exception frame."""
+async def frames(
+    gen: Generation, encode: Callable[[Event], bytes | None]
+) -> AsyncGenerator[bytes, None]:
+    """The event stream of a generation; a failure ends it with an exception frame."""
     async for _, event in gen.follow():
         failure = _failure(event)
         if failure is not None:
             yield eventstream.exception(failure.aws_event, failure.message)
             return
-        data = anthropic.event_json(event)
-        if data is None:
-            continue
-        if isinstance(event, MessageStop):
-            data["amazon-bedrock-invocationMetrics"] = anthropic.invocation_metrics(event)
-        raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-        yield eventstream.event("chunk", converse.dumps({"bytes": base64.b64encode(raw).decode()}))
+        frame = encode(event)
+        if frame is not None:
+            yield frame
+
+
+def chunk_frame(event: Event) -> bytes | None:
+    """One `chunk` frame per Anthropic stream event."""
+    data = anthropic.event_json(event)
+    if data is None:
+        return None
+    if isinstance(event, MessageStop):
+        data["amazon-bedrock-invocationMetrics"] = anthropic.invocation_metrics(event)
+    raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return eventstream.event("chunk", converse.dumps({"bytes": base64.b64encode(raw).decode()}))
 
 
 def _failure(event: Event) -> errors.SluicegateError | None:
@@ -162,18 +171,12 @@ async def converse_once(request: Request) -> Response:
 @bedrock_errors
 async def converse_stream(request: Request) -> Response:
     gen = await start(request, converse.parse_body)
-    return StreamResponse(gen, converse_frames(gen), EVENTSTREAM, _headers(gen))
+    return StreamResponse(gen, frames(gen, converse_frame), EVENTSTREAM, _headers(gen))
 
 
-async def converse_frames(gen: Generation) -> AsyncGenerator[bytes, None]:
-    async for _, event in gen.follow():
-        failure = _failure(event)
-        if failure is not None:
-            yield eventstream.exception(failure.aws_event, failure.message)
-            return
-        out = converse.stream_event(event)
-        if out is not None:
-            yield eventstream.event(out[0], converse.dumps(out[1]))
+def converse_frame(event: Event) -> bytes | None:
+    out = converse.stream_event(event)
+    return None if out is None else eventstream.event(out[0], converse.dumps(out[1]))
 
 
 # -- CountTokens ---------------------------------------------------------------------------------
