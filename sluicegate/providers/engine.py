@@ -76,6 +76,7 @@ class Sequence:
     admitted_at: float | None = None
     cancelled: bool = False
     finished: bool = False
+    ride_upto: int = 0  # this step, another sequence computes its tokens up to here
     sampler: Any = None
     utf8: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -117,7 +118,9 @@ class Engine:
         self.config = config
         self.n_ctx_seq = min(config.n_ctx, model.n_ctx_train())
         self.ctx = llm.LlamaContext(model=model, params=self._params(config), verbose=False)
-        self.batch = llm.LlamaBatch(n_tokens=config.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.batch = llm.LlamaBatch(
+            n_tokens=config.n_batch, embd=0, n_seq_max=config.n_parallel + 1, verbose=False
+        )
         self.stats = EngineStats()
         self.recent: dict[str, int] = {}
         self._buf = ctypes.create_string_buffer(256)
@@ -139,7 +142,7 @@ class Engine:
         b = self.batch.batch
         for size in (min(64, self.config.n_batch), 1):
             for i in range(size):
-                _put(b, i, self.model.token_bos(), i, 0, i == size - 1)
+                _put(b, i, self.model.token_bos(), i, [0], i == size - 1)
             b.n_tokens = size
             llama_cpp.llama_decode(self.ctx.ctx, b)
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx.ctx), True)
@@ -283,22 +286,29 @@ class Engine:
         self.stats.preempted += 1
 
     def _fill_batch(self) -> list[tuple[int, Sequence]]:
-        """Decoding sequences first (one token each), then prompt pieces in arrival order."""
+        """Decoding sequences first (one token each), then prompt pieces in arrival order.
+
+        A prompt that shares its next tokens with an earlier one being computed rides along:
+        those tokens enter the batch once, tagged with both sequences.
+        """
         b = self.batch.batch
         n, outputs = 0, []
         budget = self.config.prefill_chunk
-        # Before any n_past moves: sources must only offer cells already computed.
-        deferred = {id(s) for s in self._running if s.pending > 1 and not self._reuse_prefix(s)}
-        for seq in sorted(self._running, key=lambda s: s.pending > 1):
+        riders = self._plan_sharing()
+        # Riders go after their hosts: once carried past the shared part, they go on alone.
+        for seq in sorted(self._running, key=lambda s: (s.pending > 1, s.ride_upto > 0)):
             prefilling = seq.pending > 1
-            if id(seq) in deferred:
-                continue  # another sequence is computing the prefix it shares: copy it next step
+            if seq.n_past < seq.ride_upto:
+                continue  # its host ran out of room this step: no point computing it twice
             take = min(seq.pending, self.config.n_batch - n, budget if prefilling else 1)
             if take <= 0:
                 continue
             for tok in seq.tokens[seq.n_past : seq.n_past + take]:
-                _put(b, n, tok, seq.n_past, seq.slot, False)
-                seq.n_past += 1
+                along = [r for r, upto in riders.get(id(seq), []) if r.n_past < upto]
+                _put(b, n, tok, seq.n_past, [seq.slot, *(r.slot for r in along)], False)
+                for r in [seq, *along]:
+                    r.n_past += 1
+                self.stats.prefix_tokens_reused += len(along)
                 n += 1
             if prefilling:
                 budget -= take
@@ -309,37 +319,46 @@ class Engine:
         b.n_tokens = n
         return outputs
 
-    def _reuse_prefix(self, seq: Sequence) -> bool:
-        """Share KV cells with whoever holds the longest common prefix (no compute, no copy).
+    def _plan_sharing(self) -> dict[int, list[tuple[Sequence, int]]]:
+        """Before any n_past moves (sources may only offer computed cells): take shared cells
+        that exist, and seat each prompt that can ride along with an earlier one."""
+        riders: dict[int, list[tuple[Sequence, int]]] = {}
+        for i, seq in enumerate(self._running):
+            seq.ride_upto = 0
+            if seq.pending <= 1:
+                continue
+            self._reuse_prefix(seq)
+            for host in self._running[:i]:
+                upto = _common_prefix(seq.tokens, host.tokens, len(seq.tokens) - 1)
+                if host.ride_upto or host.n_past != seq.n_past or upto - seq.n_past < MIN_PREFIX:
+                    continue
+                riders.setdefault(id(host), []).append((seq, upto))
+                seq.ride_upto = upto
+                break
+        return riders
 
-        Returns False when an earlier sequence is still computing a longer shared prefix.
-        """
+    def _reuse_prefix(self, seq: Sequence) -> None:
+        """Share KV cells with whoever holds the longest computed common prefix (no compute,
+        no copy: the cells get one more sequence id)."""
         best, source = seq.n_past, None
-        for other, held, earlier in self._prefix_sources(seq):
-            common = _common_prefix(seq.tokens, other, len(seq.tokens) - 1)
-            if earlier and common > held and common - seq.n_past >= MIN_PREFIX:
-                return False
-            if min(common, held) > best:
-                best, source = min(common, held), other
+        for other, held in self._prefix_sources(seq):
+            common = min(_common_prefix(seq.tokens, other, len(seq.tokens) - 1), held)
+            if common > best:
+                best, source = common, other
         if source is None or best - seq.n_past < MIN_PREFIX:
-            return True
+            return
         src = self._cache_slot if source is self._cache_tokens else self._slot_of(source)
         mem = llama_cpp.llama_get_memory(self.ctx.ctx)
         llama_cpp.llama_memory_seq_rm(mem, seq.slot, seq.n_past, -1)
         llama_cpp.llama_memory_seq_cp(mem, src, seq.slot, seq.n_past, best)
         self.stats.prefix_tokens_reused += best - seq.n_past
         seq.n_past = best
-        return True
 
-    def _prefix_sources(self, seq: Sequence) -> list[tuple[list[int], int, bool]]:
-        """(tokens, how many are in the KV cache, computing ahead of seq?) for each one seq may
-        share with. Only sequences admitted before seq are worth waiting for (no deadlock)."""
-        mine = self._running.index(seq)
-        found = [
-            (s.tokens, s.n_past, i < mine) for i, s in enumerate(self._running) if s is not seq
-        ]
+    def _prefix_sources(self, seq: Sequence) -> list[tuple[list[int], int]]:
+        """(tokens, how many of them are in the KV cache) for each one seq may share with."""
+        found = [(s.tokens, s.n_past) for s in self._running if s is not seq]
         if self._cache_tokens:
-            found.append((self._cache_tokens, len(self._cache_tokens), False))
+            found.append((self._cache_tokens, len(self._cache_tokens)))
         return found
 
     def _slot_of(self, tokens: list[int]) -> int:
@@ -417,11 +436,12 @@ def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
     return n
 
 
-def _put(b: Any, n: int, token: int, pos: int, slot: int, logits: bool) -> None:
+def _put(b: Any, n: int, token: int, pos: int, slots: list[int], logits: bool) -> None:
     b.token[n] = token
     b.pos[n] = pos
-    b.n_seq_id[n] = 1
-    b.seq_id[n][0] = slot
+    b.n_seq_id[n] = len(slots)
+    for i, slot in enumerate(slots):
+        b.seq_id[n][i] = slot
     b.logits[n] = logits
 
 

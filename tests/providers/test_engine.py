@@ -116,6 +116,7 @@ def test_a_shared_prefix_is_reused_not_recomputed(local: LocalProvider) -> None:
     engine = local.engine
     system = "You are a meticulous assistant who answers in one sentence. " * 4
     before = engine.stats.prefix_tokens_reused
+    computed_before = engine.stats.prompt_tokens
     seqs = []
     for i in range(3):
         request = ChatRequest(
@@ -126,8 +127,11 @@ def test_a_shared_prefix_is_reused_not_recomputed(local: LocalProvider) -> None:
         seqs.append(seq)
     for seq in seqs:
         assert sink(seq).done.wait(60)
-    # Every request after the first took the system prompt's cells instead of computing them.
+    # Every request after the first took the system prompt's cells instead of computing them
+    # (submitted together, they ride along with the first: the shared tokens are computed once).
     assert engine.stats.prefix_tokens_reused - before >= 2 * 40
+    total = sum(len(seq.prompt) for seq in seqs)
+    assert engine.stats.prompt_tokens - computed_before <= total - 2 * 40
 
 
 def test_multibyte_characters_are_never_split(local: LocalProvider) -> None:
