@@ -294,9 +294,12 @@ def server_process(cmd: list[str], probe_url: str, log_path: Path) -> Iterator[i
     """Run a server in its own process group until the block ends (also on errors/Ctrl-C)."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
         try:
             wait_until_up(proc, probe_url, log_path)
             yield proc.pid
@@ -763,8 +766,6 @@ NOTES = [
     "benchmark process, the server process and everything else (from /proc); 'other' well "
     "above 0 means another program was competing and the row is not trustworthy (not shown "
     f"for runs under {MIN_CPU_WALL_S:g} s: /proc counts 10 ms ticks).",
-    "llama-cpp-python server runs with --interrupt_requests false (otherwise each new request "
-    "cuts the running stream short); it serves one request at a time.",
     "Stop test: engine steps_total, then produced_tokens (/sluicegate/generations/<id>), are "
     "read just before the client closes, so tokens and steps after close are upper bounds; "
     "the client closes with boto3's response['body'].close(), which closes the urllib3 "
@@ -773,6 +774,12 @@ NOTES = [
     "done is the gateway's generation state; the engine may still finish the decode step in "
     "flight, which is the last token column ('-': no token after the close).",
 ]
+
+
+PEER_NOTE = (
+    "llama-cpp-python server runs with --interrupt_requests false (otherwise each new request "
+    "cuts the running stream short); it serves one request at a time."
+)
 
 
 def suspect(share: CpuShare) -> bool:
@@ -798,9 +805,9 @@ def report(rows: list[Row], stop: StopReport | None, peer_note: str, machine: st
             engine_delta_line(stop),
             "",
         ]
-    lines += ["## Notes", "", *[f"- {n}" for n in NOTES]]
-    if peer_note:
-        lines.append(f"- {peer_note}")
+    peer_ran = any(r.target.startswith("llama-cpp") for r in rows)
+    notes = [*NOTES, *([PEER_NOTE] if peer_ran else []), *([peer_note] if peer_note else [])]
+    lines += ["## Notes", "", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
 
 
@@ -831,6 +838,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: servers stopped", file=sys.stderr)
         return 130
+    except RuntimeError as exc:  # a server that would not start
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
 
 
 def run(argv: list[str] | None) -> int:

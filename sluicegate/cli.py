@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from sluicegate import config
-from sluicegate.config import ProviderName, Route, Settings
+from sluicegate.config import FunctionSettings, ProviderName, Route, Settings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.base import Provider
 
@@ -73,10 +73,32 @@ def apply_flags(
     return settings.model_copy(update=updates)
 
 
+def apply_functions(
+    settings: Settings,
+    specs: list[str] | None,
+    modes: list[str] | None,
+    timeouts: list[str] | None,
+) -> Settings:
+    fns = dict(settings.functions)
+    for name, handler in (parse_pair(t, "--function") for t in specs or []):
+        fns[name] = FunctionSettings(handler=handler)
+    for flag, key, items in (
+        ("--invoke-mode", "invoke_mode", modes),
+        ("--timeout", "timeout_seconds", timeouts),
+    ):
+        for name, value in (parse_pair(t, flag) for t in items or []):
+            if name not in fns:
+                raise typer.BadParameter(
+                    f"no function {name!r} (give --function first)", param_hint=flag
+                )
+            fns[name] = FunctionSettings.model_validate({**fns[name].model_dump(), key: value})
+    return settings.model_copy(update={"functions": fns})
+
+
 def parse_pair(text: str, flag: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key or not value:
-        raise typer.BadParameter(f"{text!r}: expected KEY=FILE.py:FUNCTION", param_hint=flag)
+        raise typer.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint=flag)
     return key, value
 
 
@@ -120,6 +142,28 @@ def serve(
     config_file: ConfigOpt = None,
     route: RouteOpt = None,
     ws_route: WsRouteOpt = None,
+    function: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--function",
+            help="NAME=FILE.py:HANDLER: a Lambda function at /fn/NAME/, "
+            "/rest/NAME/ and the Lambda invoke APIs. Repeatable.",
+        ),
+    ] = None,
+    invoke_mode: Annotated[
+        list[str] | None,
+        typer.Option("--invoke-mode", help="NAME=BUFFERED|RESPONSE_STREAM (default BUFFERED)."),
+    ] = None,
+    timeout: Annotated[
+        list[str] | None, typer.Option("--timeout", help="NAME=SECONDS (default 900).")
+    ] = None,
+    rest_timeout: Annotated[
+        float | None, typer.Option(help="The REST API emulation's integration timeout [29].")
+    ] = None,
+    rest_stream: Annotated[
+        list[str] | None,
+        typer.Option("--rest-stream", help="NAME: serve /rest/NAME/ in streaming transfer mode."),
+    ] = None,
     limits: Annotated[
         str,
         typer.Option(
@@ -137,6 +181,13 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = apply_flags(config.load(config_file), model, route, ws_route)
+    settings = apply_functions(settings, function, invoke_mode, timeout)
+    if rest_timeout is not None:
+        settings = settings.model_copy(update={"rest_timeout_seconds": rest_timeout})
+    if rest_stream:
+        settings = settings.model_copy(
+            update={"rest_stream": [*settings.rest_stream, *rest_stream]}
+        )
     if limits == "relaxed":
         settings = settings.model_copy(update={"websocket": config.relaxed(settings.websocket)})
     elif limits != "aws":

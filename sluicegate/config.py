@@ -61,6 +61,14 @@ class WebSocketSettings(Strict):
     max_connection_seconds: float | None = Field(7200.0, gt=0)
 
 
+class FunctionSettings(Strict):
+    """A Lambda function: its handler, Function URL invoke mode and timeout."""
+
+    handler: str
+    invoke_mode: Literal["BUFFERED", "RESPONSE_STREAM"] = "BUFFERED"
+    timeout_seconds: float = Field(900.0, gt=0)
+
+
 class Route(Strict):
     match: str
     provider: ProviderName
@@ -74,6 +82,11 @@ class Settings(Strict):
     scripted: ScriptedSettings = ScriptedSettings()
     routes: list[Route] = [Route(match="*", provider="local")]
     websocket: WebSocketSettings = WebSocketSettings()
+    functions: dict[str, FunctionSettings] = {}
+    # The REST API emulation (/rest/NAME/...): API Gateway's integration timeout, and the
+    # functions switched to its streaming transfer mode.
+    rest_timeout_seconds: float = Field(29.0, gt=0)
+    rest_stream: list[str] = []
     # Accepted as `Authorization: Bearer <key>` where SigV4 is not used (@connections API).
     api_key: str | None = None
     max_body_bytes: int = 25 * 1024 * 1024

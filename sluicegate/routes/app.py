@@ -17,16 +17,19 @@ from sluicegate.config import Settings
 from sluicegate.gateway import Gateway
 from sluicegate.routes import bedrock, metrics
 from sluicegate.routes.connections import connections_api
+from sluicegate.routes.function_url import Functions
 from sluicegate.routes.websocket import WebSocketApi, cancel_all
 
 
 def load_user_routes(settings: Settings) -> dict[str, handlers.Handler]:
-    """Import the configured handlers, after pointing their boto3 clients at this server."""
-    routes = settings.websocket.routes
-    if routes:
+    """Import the configured handlers (WebSocket routes, then functions under `fn:NAME`),
+    after pointing their boto3 clients at this server."""
+    specs = {**settings.websocket.routes}
+    specs.update({f"fn:{name}": f.handler for name, f in settings.functions.items()})
+    if specs:
         base = f"http://{settings.public_host}"
         os.environ.update(handlers.handler_environment(base, settings.websocket.stage))
-    return {key: handlers.load_handler(spec) for key, spec in routes.items()}
+    return {key: handlers.load_handler(spec) for key, spec in specs.items()}
 
 
 def create_app(
@@ -34,13 +37,15 @@ def create_app(
 ) -> Starlette:
     """The app serving every door of one gateway."""
     ws = gateway.settings.websocket
+    loaded = load_user_routes(gateway.settings) if user_routes is None else user_routes
+    fns = Functions(gateway.settings, {k[3:]: h for k, h in loaded.items() if k.startswith("fn:")})
     connections = Connections()
     ws_api = WebSocketApi(
         gateway,
         connections,
         grace_seconds=ws.grace_seconds,
         route_key=ws.route_key,
-        user_routes=load_user_routes(gateway.settings) if user_routes is None else user_routes,
+        user_routes={k: h for k, h in loaded.items() if not k.startswith("fn:")},
         stage=ws.stage,
         handler_timeout=ws.handler_timeout_seconds,
         idle_timeout=ws.idle_timeout_seconds,
@@ -63,6 +68,7 @@ def create_app(
             *metrics.routes(),
             ws_api.route(),
             *connections_api(connections, ws.stage, gateway.settings.api_key),
+            *fns.routes(),
         ],
         exception_handlers={HTTPException: not_found},
         lifespan=lifespan,

@@ -94,6 +94,10 @@ async def finished_events(request: Request, gen: Generation) -> list[Event]:
     return gen.log
 
 
+def _disconnect(gen: Generation) -> Callable[[], object]:
+    return lambda: gen.cancel("disconnected")
+
+
 def _headers(gen: Generation, **extra: str) -> dict[str, str]:
     return {"x-amzn-RequestId": gen.id, **extra}
 
@@ -121,7 +125,7 @@ async def invoke(request: Request) -> Response:
 async def invoke_stream(request: Request) -> Response:
     gen = await start(request, anthropic.parse_body)
     headers = _headers(gen, **{"X-Amzn-Bedrock-Content-Type": "application/json"})
-    return StreamResponse(gen, frames(gen, chunk_frame), EVENTSTREAM, headers)
+    return StreamResponse(frames(gen, chunk_frame), EVENTSTREAM, headers, _disconnect(gen))
 
 
 async def frames(
@@ -171,7 +175,7 @@ async def converse_once(request: Request) -> Response:
 @bedrock_errors
 async def converse_stream(request: Request) -> Response:
     gen = await start(request, converse.parse_body)
-    return StreamResponse(gen, frames(gen, converse_frame), EVENTSTREAM, _headers(gen))
+    return StreamResponse(frames(gen, converse_frame), EVENTSTREAM, _headers(gen), _disconnect(gen))
 
 
 def converse_frame(event: Event) -> bytes | None:

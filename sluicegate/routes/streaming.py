@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -39,24 +39,30 @@ async def wait_or_disconnect(request: Request, gen: Generation) -> None:
 
 
 class StreamResponse(Response):
-    """Sends each chunk as it comes (chunked encoding); a disconnect cancels the generation."""
+    """Sends each chunk as it comes (chunked encoding). A disconnect calls `on_disconnect`
+    (e.g. cancels the generation, whose stream then ends), or by default stops the sending at
+    once; either way `chunks` is closed."""
 
     def __init__(
         self,
-        gen: Generation,
         chunks: AsyncGenerator[bytes, None],
-        media_type: str,
+        media_type: str | None,
         headers: Mapping[str, str] | None = None,
+        on_disconnect: Callable[[], object] | None = None,
+        status_code: int = 200,
     ) -> None:
-        super().__init__(media_type=media_type, headers=headers)
+        super().__init__(status_code=status_code, media_type=media_type, headers=headers)
         # No content-length: the body goes out chunked, each piece as soon as it exists.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
-        self.gen = gen
         self.chunks = chunks
+        self.on_disconnect = on_disconnect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sender = asyncio.current_task()
+        assert sender is not None
+        gone = self.on_disconnect or sender.cancel
         watcher = asyncio.create_task(_until_disconnect(receive))
-        watcher.add_done_callback(lambda t: t.cancelled() or self.gen.cancel("disconnected"))
+        watcher.add_done_callback(lambda t: t.cancelled() or gone())
         try:
             await send(
                 {
@@ -70,6 +76,9 @@ class StreamResponse(Response):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away mid-send
-            self.gen.cancel("disconnected")
+            gone()
+        except asyncio.CancelledError:
+            if not watcher.done() or self.on_disconnect is not None:
+                raise  # not ours: the server is stopping
         finally:
             watcher.cancel()

@@ -1,0 +1,216 @@
+"""Lambda functions behind Function URLs, the REST API emulation and the Lambda invoke APIs.
+
+/fn/NAME/...                       Function URL (payload 2.0), BUFFERED or RESPONSE_STREAM
+/rest/NAME/...                     REST API proxy integration (payload 1.0), 29 s timeout
+POST /2015-03-31/functions/NAME/invocations                 Invoke
+POST /2021-11-15/functions/NAME/response-streaming-invocations  InvokeWithResponseStream
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sluicegate import errors, functions, handlers
+from sluicegate.codecs import eventstream
+from sluicegate.config import FunctionSettings, Settings
+from sluicegate.routes.aws import error_response
+from sluicegate.routes.streaming import StreamResponse
+from sluicegate.translate import lambda_events
+
+log = logging.getLogger(__name__)
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+EVENTSTREAM = "application/vnd.amazon.eventstream"
+
+
+class Functions:
+    """The configured functions, loaded at start-up."""
+
+    def __init__(self, settings: Settings, loaded: dict[str, handlers.Handler]) -> None:
+        self.settings = settings
+        self.loaded = loaded
+
+    def get(self, name: str) -> tuple[FunctionSettings, handlers.Handler]:
+        if name not in self.loaded:
+            raise errors.NotFound(f"Function not found: {name}")
+        return self.settings.functions[name], self.loaded[name]
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/fn/{name}/{path:path}", self.function_url, methods=METHODS),
+            Route("/fn/{name}", self.function_url, methods=METHODS),
+            Route("/rest/{name}/{path:path}", self.rest, methods=METHODS),
+            Route("/2015-03-31/functions/{name}/invocations", self.invoke, methods=["POST"]),
+            Route(
+                "/2021-11-15/functions/{name}/response-streaming-invocations",
+                self.invoke_stream,
+                methods=["POST"],
+            ),
+        ]
+
+    # -- Function URLs ------------------------------------------------------------------------
+
+    async def function_url(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            config, handler = self.get(name)
+        except errors.NotFound as exc:
+            return JSONResponse({"Message": exc.message}, 404)
+        event = lambda_events.function_url_event(
+            function=name,
+            method=request.method,
+            path="/" + request.path_params.get("path", ""),
+            raw_query=request.url.query,
+            headers=request.headers,
+            query=request.query_params,
+            source_ip=_ip(request),
+            domain=self.settings.public_host,
+            body=await request.body(),
+        )
+        stream = config.invoke_mode == "RESPONSE_STREAM"
+        return await self._respond(name, handler, event, config.timeout_seconds, stream)
+
+    async def rest(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            config, handler = self.get(name)
+        except errors.NotFound:
+            return JSONResponse({"message": "Not Found"}, 404)
+        event = lambda_events.rest_event(
+            function=name,
+            method=request.method,
+            path="/" + request.path_params.get("path", ""),
+            headers=request.headers,
+            query=request.query_params,
+            source_ip=_ip(request),
+            domain=self.settings.public_host,
+            body=await request.body(),
+        )
+        if name in self.settings.rest_stream:
+            return await self._respond(name, handler, event, config.timeout_seconds, True)
+        timeout = min(self.settings.rest_timeout_seconds, config.timeout_seconds)
+        response = await self._respond(name, handler, event, timeout, False)
+        if response.status_code == 504:  # the integration timed out: API Gateway's own answer
+            return JSONResponse({"message": "Endpoint request timed out"}, 504)
+        return response
+
+    async def _respond(
+        self,
+        name: str,
+        handler: handlers.Handler,
+        event: dict[str, Any],
+        seconds: float,
+        stream: bool,
+    ) -> Response:
+        context = handlers.LambdaContext(name, seconds)
+        try:
+            result = await functions.invoke(handler, event, context)
+            if stream:
+                return self._streamed(name, result)
+            body = await functions.collect(result)
+        except errors.ModelTimeout as exc:
+            log.error("%s: %s", name, exc.message)
+            return JSONResponse({"Message": exc.message}, 504)
+        except Exception as exc:
+            log.exception("function %s failed", name)
+            return JSONResponse(functions.error_payload(exc), 502)
+        response = Response(body, result.status, headers=result.headers)
+        for cookie in result.cookies:
+            response.raw_headers.append((b"set-cookie", cookie.encode()))
+        return response
+
+    def _streamed(self, name: str, result: functions.Result) -> Response:
+        response = StreamResponse(
+            _logged(name, functions.chunks(result)), None, result.headers, status_code=result.status
+        )
+        for cookie in result.cookies:
+            response.raw_headers.append((b"set-cookie", cookie.encode()))
+        return response
+
+    # -- the Lambda API ------------------------------------------------------------------------
+
+    async def invoke(self, request: Request) -> Response:
+        try:
+            name = request.path_params["name"]
+            config, handler = self.get(name)
+            event = _payload(await request.body())
+            context = handlers.LambdaContext(name, config.timeout_seconds)
+            value = await handlers.call(handler, event, context)
+        except errors.NotFound as exc:
+            return error_response(exc)
+        except Exception as exc:
+            log.exception("function %s failed", request.path_params["name"])
+            return JSONResponse(
+                functions.error_payload(exc), 200, headers={"X-Amz-Function-Error": "Unhandled"}
+            )
+        result = functions.normalise(value)
+        if isinstance(value, dict) and not isinstance(result.body, str | bytes):
+            value = {**value, "body": (await functions.collect(result)).decode("utf-8", "replace")}
+        return Response(
+            json.dumps(value),
+            200,
+            media_type="application/json",
+            headers={"X-Amz-Executed-Version": "$LATEST"},
+        )
+
+    async def invoke_stream(self, request: Request) -> Response:
+        try:
+            name = request.path_params["name"]
+            config, handler = self.get(name)
+        except errors.NotFound as exc:
+            return error_response(exc)
+        event = _payload(await request.body())
+        context = handlers.LambdaContext(name, config.timeout_seconds)
+        headers = {"X-Amz-Executed-Version": "$LATEST"}
+        return StreamResponse(_payload_chunks(name, handler, event, context), EVENTSTREAM, headers)
+
+
+async def _payload_chunks(
+    name: str, handler: handlers.Handler, event: Any, context: handlers.LambdaContext
+) -> AsyncGenerator[bytes, None]:
+    """PayloadChunk events as the handler yields, then InvokeComplete (with any error)."""
+    complete: dict[str, str] = {}
+    try:
+        value = await handlers.call(handler, event, context)
+        result = functions.normalise(value)
+        if isinstance(value, dict) and "statusCode" not in value:
+            result.body = json.dumps(value)
+        async for piece in functions.chunks(result):
+            yield eventstream.event("PayloadChunk", piece, "application/octet-stream")
+    except Exception as exc:
+        log.exception("function %s failed", name)
+        complete = {
+            "ErrorCode": "Unhandled",
+            "ErrorDetails": json.dumps(functions.error_payload(exc)),
+        }
+    yield eventstream.event("InvokeComplete", json.dumps(complete).encode())
+
+
+async def _logged(name: str, pieces: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """A stream that already started ends cleanly on a failure; the traceback goes to the log."""
+    try:
+        async for piece in pieces:
+            yield piece
+    except Exception:
+        log.exception("function %s failed mid-stream", name)
+    finally:
+        await pieces.aclose()
+
+
+def _payload(raw: bytes) -> Any:
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+
+
+def _ip(request: Request) -> str:
+    return request.client.host if request.client else ""
