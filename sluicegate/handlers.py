@@ -118,4 +118,10 @@ def handler_environment(base_url: str, stage: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "sluicegate",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    return {k: v for k, v in wanted.items() if k not in os.environ}
+    # Values we set earlier (another server in this process) are ours to replace; the user's not.
+    chosen = {k: v for k, v in wanted.items() if os.environ.get(k, _SET.get(k)) == _SET.get(k)}
+    _SET.update(chosen)
+    return chosen
+
+
+_SET: dict[str, str] = {}
