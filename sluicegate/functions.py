@@ -96,6 +96,24 @@ async def _aclosable(source: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
             await close()
 
 
+async def until_deadline(
+    pieces: AsyncGenerator[bytes, None], context: handlers.LambdaContext
+) -> AsyncGenerator[bytes, None]:
+    """Stop a body at the function's timeout, as Lambda does (errors.ModelTimeout)."""
+    async with contextlib.aclosing(pieces):
+        while True:
+            try:
+                async with asyncio.timeout(context.get_remaining_time_in_millis() / 1000):
+                    piece = await anext(pieces)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise errors.ModelTimeout(
+                    f"Task timed out after {context.timeout_seconds:.2f} seconds"
+                ) from None
+            yield piece
+
+
 async def collect(result: Result, limit: int = BUFFERED_LIMIT) -> bytes:
     """The whole body (BUFFERED mode); over the limit is Lambda's response-size error."""
     out = bytearray()

@@ -112,7 +112,7 @@ class Functions:
         try:
             result = await functions.invoke(handler, event, context)
             if stream:
-                return self._streamed(name, result)
+                return self._streamed(name, result, context)
             body = await functions.collect(result)
         except errors.ModelTimeout as exc:
             log.error("%s: %s", name, exc.message)
@@ -125,9 +125,12 @@ class Functions:
             response.raw_headers.append((b"set-cookie", cookie.encode()))
         return response
 
-    def _streamed(self, name: str, result: functions.Result) -> Response:
+    def _streamed(
+        self, name: str, result: functions.Result, context: handlers.LambdaContext
+    ) -> Response:
+        pieces = functions.until_deadline(functions.chunks(result), context)
         response = StreamResponse(
-            _logged(name, functions.chunks(result)), None, result.headers, status_code=result.status
+            _logged(name, pieces), None, result.headers, status_code=result.status
         )
         for cookie in result.cookies:
             response.raw_headers.append((b"set-cookie", cookie.encode()))
@@ -181,8 +184,11 @@ async def _payload_chunks(
         result = functions.normalise(value)
         if isinstance(value, dict) and "statusCode" not in value:
             result.body = json.dumps(value)
-        async for piece in functions.chunks(result):
+        async for piece in functions.until_deadline(functions.chunks(result), context):
             yield eventstream.event("PayloadChunk", piece, "application/octet-stream")
+    except errors.ModelTimeout as exc:
+        log.error("%s: %s", name, exc.message)
+        complete = {"ErrorCode": "Sandbox.Timedout", "ErrorDetails": exc.message}
     except Exception as exc:
         log.exception("function %s failed", name)
         complete = {
@@ -197,6 +203,8 @@ async def _logged(name: str, pieces: AsyncGenerator[bytes, None]) -> AsyncGenera
     try:
         async for piece in pieces:
             yield piece
+    except errors.ModelTimeout as exc:
+        log.error("%s: %s", name, exc.message)  # the stream ends there, as on Lambda
     except Exception:
         log.exception("function %s failed mid-stream", name)
     finally:

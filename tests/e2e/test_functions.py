@@ -30,7 +30,7 @@ def pieces(event, context):
                 time.sleep(0.01)
                 yield f"piece {i}\\n"
         finally:
-            closed.append(event["rawPath"])
+            closed.append(event.get("rawPath") or event["path"])
     return {"statusCode": 201, "headers": {"X-Test": "yes"}, "cookies": ["a=1"], "body": body()}
 def echo(event, context):
     left = context.get_remaining_time_in_millis()
@@ -47,6 +47,11 @@ async def agen(event, context):
         for i in range(3):
             yield b"async " + str(i).encode()
     return {"statusCode": 200, "body": body()}
+def midway(event, context):
+    def body():
+        yield "first\\n"
+        raise RuntimeError("midway")
+    return {"statusCode": 200, "body": body()}
 def slow(event, context):
     time.sleep(1.5)
     return {"statusCode": 200, "body": "late"}
@@ -62,13 +67,17 @@ def fn_server(local: LocalProvider, tmp_path_factory: Any) -> Iterator[Server]:
         "codegen": FunctionSettings(handler=f"{CODEGEN}:lambda_handler", invoke_mode=stream),
         "pieces": FunctionSettings(handler=f"{path}:pieces", invoke_mode=stream),
         "agen": FunctionSettings(handler=f"{path}:agen", invoke_mode=stream),
-        "slowstream": FunctionSettings(handler=f"{path}:slow", invoke_mode=stream),
+        "cut": FunctionSettings(handler=f"{path}:pieces", invoke_mode=stream, timeout_seconds=0.5),
         **{n: FunctionSettings(handler=f"{path}:{n}") for n in ("echo", "plain", "huge", "broken")},
         "slow": FunctionSettings(handler=f"{path}:slow", timeout_seconds=1.0),
+        "midway": FunctionSettings(handler=f"{path}:midway", invoke_mode=stream),
         "slowrest": FunctionSettings(handler=f"{path}:slow"),
     }
     settings = Settings(
-        routes=[Route(match="*", provider="local")], functions=functions, rest_timeout_seconds=0.5
+        routes=[Route(match="*", provider="local")],
+        functions=functions,
+        rest_timeout_seconds=0.5,
+        rest_stream=["pieces"],
     )
     server = serve(Gateway(settings, {"local": local, "scripted": ScriptedProvider()}))
     yield server
@@ -108,6 +117,16 @@ def test_streamed_status_headers_cookies_and_generator_exit(fn_server: Server) -
 
     module = next(m for n, m in sys.modules.items() if n.startswith("sluicegate_handler_fns"))
     assert wait_until(lambda: "/some/path" in module.closed)
+
+
+def test_a_stream_ends_at_the_function_timeout(
+    fn_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    with httpx.stream("GET", fn_server.url + "/fn/cut/", timeout=30) as r:
+        lines = list(r.iter_lines())
+    # 10 ms a piece for 1000 pieces, cut at 0.5 s: a prefix of them, then a clean end
+    assert 5 < len(lines) < 100 and lines[0] == "piece 0"
+    assert "cut: Task timed out after 0.50 seconds" in caplog.text
 
 
 def test_async_generator_bodies_stream(fn_server: Server) -> None:
@@ -152,6 +171,27 @@ def test_rest_emulation_cuts_at_the_integration_timeout(fn_server: Server) -> No
     assert (
         httpx.get(fn_server.url + "/rest/echo/a").json()["event"]["queryStringParameters"] is None
     )
+
+
+def test_rest_stream_mode_streams_past_the_integration_timeout(fn_server: Server) -> None:
+    with httpx.stream("GET", fn_server.url + "/rest/pieces/x", timeout=30) as r:
+        lines = []
+        for line in r.iter_lines():
+            lines.append(line)
+            if len(lines) == 80:  # 0.8 s of pieces: beyond the 0.5 s buffered timeout
+                break
+    assert r.status_code == 201 and lines[79] == "piece 79"
+
+
+def test_a_failure_mid_stream_ends_the_stream_cleanly(
+    fn_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = httpx.get(fn_server.url + "/fn/midway/")
+    assert r.status_code == 200 and r.text == "first\n"
+    assert (
+        "function midway failed mid-stream" in caplog.text and "RuntimeError: midway" in caplog.text
+    )
+    assert httpx.get(fn_server.url + "/fn/plain/").json() == {"answer": 42}  # others unaffected
 
 
 def test_the_lambda_api_through_boto3(fn_server: Server) -> None:
