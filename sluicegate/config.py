@@ -87,6 +87,8 @@ class Settings(Strict):
     # functions switched to its streaming transfer mode.
     rest_timeout_seconds: float = Field(29.0, gt=0)
     rest_stream: list[str] = []
+    # Handlers' boto3 clients talk to this server unless they are meant to call real AWS.
+    handlers_call_aws: bool = False
     # Accepted as `Authorization: Bearer <key>` where SigV4 is not used (@connections API).
     api_key: str | None = None
     max_body_bytes: int = 25 * 1024 * 1024

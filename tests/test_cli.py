@@ -92,3 +92,26 @@ def test_serve_runs_as_a_process_and_stops_on_sigterm() -> None:
     assert proc.returncode in (0, -signal.SIGTERM)
     assert "Finished server process" in output
     assert "scripted:" in output and f"http://127.0.0.1:{port}" in output
+
+
+def test_handlers_reach_this_server_unless_told_to_call_aws(tmp_path: Path) -> None:
+    from sluicegate.config import FunctionSettings, Settings
+    from sluicegate.routes.app import load_user_routes
+
+    handler = tmp_path / "h.py"
+    handler.write_text(
+        "import os\nSEEN = os.environ.get('AWS_ENDPOINT_URL_BEDROCK_RUNTIME')\n"
+        "def handler(event, context):\n    return SEEN\n"
+    )
+    fns = {"h": FunctionSettings(handler=f"{handler}:handler")}
+    before = dict(os.environ)
+    try:
+        os.environ.pop("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", None)
+        loaded = load_user_routes(Settings(port=8765, functions=fns, handlers_call_aws=True))
+        assert loaded["fn:h"]({}, None) is None
+        os.environ.pop("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", None)
+        load_user_routes(Settings(port=8765, functions=fns))
+        assert os.environ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] == "http://127.0.0.1:8765"
+    finally:
+        os.environ.clear()
+        os.environ.update(before)

@@ -26,7 +26,7 @@ def load_user_routes(settings: Settings) -> dict[str, handlers.Handler]:
     after pointing their boto3 clients at this server."""
     specs = {**settings.websocket.routes}
     specs.update({f"fn:{name}": f.handler for name, f in settings.functions.items()})
-    if specs:
+    if specs and not settings.handlers_call_aws:
         base = f"http://{settings.public_host}"
         os.environ.update(handlers.handler_environment(base, settings.websocket.stage))
     return {key: handlers.load_handler(spec) for key, spec in specs.items()}
