@@ -370,11 +370,12 @@ class Engine:
         seq.decoded += 1
         self.stats.tokens_decoded += 1
         if llama_cpp.llama_vocab_is_eog(self.model.vocab, token):
-            self._finish(seq, seq.utf8.decode(b"", final=True), 0, "end_turn")
+            # bytes of an unfinished character are dropped, never sent as U+FFFD
+            self._finish(seq, "", 0, "end_turn")
             return
         text = seq.utf8.decode(self._piece(token))
         if seq.decoded >= seq.sampling.max_tokens:
-            self._finish(seq, text + seq.utf8.decode(b"", final=True), 1, "max_tokens")
+            self._finish(seq, text, 1, "max_tokens")
         else:
             seq.sink(text, 1, None)
 
