@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from starlette.responses import JSONResponse
 
 from sluicegate import errors
@@ -15,3 +17,13 @@ def error_response(exc: errors.SluicegateError, request_id: str = "") -> JSONRes
     if request_id:
         headers["x-amzn-RequestId"] = request_id
     return JSONResponse({"message": exc.message}, exc.status, headers=headers)
+
+
+def caller(authorization: str) -> str:
+    """Who is calling (not verified yet): the SigV4 access key id, or a digest of a Bearer key,
+    so that the same caller is the same owner on every door."""
+    if "Credential=" in authorization:
+        return authorization.split("Credential=", 1)[1].split("/", 1)[0]
+    if authorization.lower().startswith("bearer "):
+        return "bearer:" + hashlib.sha256(authorization[7:].encode()).hexdigest()[:16]
+    return ""

@@ -22,7 +22,7 @@ from sluicegate.codecs import eventstream
 from sluicegate.events import ChatRequest, ErrorEvent, Event, MessageDelta, MessageStop
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
-from sluicegate.routes.aws import error_response
+from sluicegate.routes.aws import caller, error_response
 from sluicegate.routes.streaming import StreamResponse, wait_or_disconnect
 from sluicegate.translate import anthropic, converse
 
@@ -71,17 +71,9 @@ def gateway_of(request: Request) -> Gateway:
 async def start(request: Request, parse: Callable[[str, bytes], ChatRequest]) -> Generation:
     model_id = request.path_params["model_id"]
     chat = parse(model_id, await read_body(request))
-    return await gateway_of(request).start(chat, route=ROUTE, owner=_owner(request))
-
-
-def _owner(request: Request) -> str:
-    """Who is calling: the SigV4 access key id or a hash-free Bearer key prefix (not verified)."""
-    auth = request.headers.get("authorization", "")
-    if "Credential=" in auth:
-        return auth.split("Credential=", 1)[1].split("/", 1)[0]
-    if auth.lower().startswith("bearer "):
-        return "bearer:" + auth[7:15]
-    return ""
+    return await gateway_of(request).start(
+        chat, route=ROUTE, owner=caller(request.headers.get("authorization", ""))
+    )
 
 
 async def finished_events(request: Request, gen: Generation) -> list[Event]:

@@ -120,10 +120,7 @@ class Functions:
         except Exception as exc:
             log.exception("function %s failed", name)
             return JSONResponse(functions.error_payload(exc), 502)
-        response = Response(body, result.status, headers=result.headers)
-        for cookie in result.cookies:
-            response.raw_headers.append((b"set-cookie", cookie.encode()))
-        return response
+        return _with_cookies(Response(body, result.status, headers=result.headers), result)
 
     def _streamed(
         self, name: str, result: functions.Result, context: handlers.LambdaContext
@@ -132,9 +129,7 @@ class Functions:
         response = StreamResponse(
             _logged(name, pieces), None, result.headers, status_code=result.status
         )
-        for cookie in result.cookies:
-            response.raw_headers.append((b"set-cookie", cookie.encode()))
-        return response
+        return _with_cookies(response, result)
 
     # -- the Lambda API ------------------------------------------------------------------------
 
@@ -209,6 +204,12 @@ async def _logged(name: str, pieces: AsyncGenerator[bytes, None]) -> AsyncGenera
         log.exception("function %s failed mid-stream", name)
     finally:
         await pieces.aclose()
+
+
+def _with_cookies(response: Response, result: functions.Result) -> Response:
+    for cookie in result.cookies:
+        response.raw_headers.append((b"set-cookie", cookie.encode()))
+    return response
 
 
 def _payload(raw: bytes) -> Any:

@@ -26,6 +26,7 @@ from sluicegate.bus.memory import Connection, Connections
 from sluicegate.events import ErrorEvent, MessageStart, MessageStop, TextDelta
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
+from sluicegate.routes.aws import caller
 from sluicegate.translate import apigateway
 from sluicegate.translate import websocket as wire
 
@@ -336,12 +337,8 @@ def _new_id() -> str:
 
 def _owner(ws: WebSocket) -> str:
     """Who owns the connection's generations (resume needs the same owner)."""
-    auth = ws.headers.get("authorization", "")
-    if "Credential=" in auth:
-        return auth.split("Credential=", 1)[1].split("/", 1)[0]
-    if auth.lower().startswith("bearer "):
-        return "bearer:" + auth[7:]
-    return ws.query_params.get("owner", "anonymous")
+    known = caller(ws.headers.get("authorization", ""))
+    return known or ws.query_params.get("owner", "anonymous")
 
 
 def cancel_all(api: WebSocketApi) -> None:
