@@ -167,15 +167,14 @@ def serve(
     limits: Annotated[
         str,
         typer.Option(
-            help="aws: API Gateway's quotas (128 KiB messages, 10 min idle, 2 h); "
+            help="aws: API Gateway's quotas (128 KiB messages, 32 KiB frames, 10 min idle, 2 h); "
             "relaxed: none of them, for local work."
         ),
     ] = "aws",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the Bedrock Runtime API (and /metrics) with the configured providers."""
-    import uvicorn
-
+    from sluicegate import serving
     from sluicegate.handlers import HandlerLoadError
     from sluicegate.routes.app import create_app, load_user_routes
 
@@ -208,10 +207,9 @@ def serve(
     console.print(f"Bedrock Runtime endpoint: [bold]http://{base}[/bold]")
     console.print(f"WebSocket API: [bold]ws://{base}/{settings.websocket.stage}[/bold]")
     try:
-        uvicorn.run(
+        serving.run(
             create_app(gateway, app_routes),
-            host=settings.host,
-            port=settings.port,
+            settings,
             log_level=log_level,
             timeout_graceful_shutdown=5,
         )

@@ -53,6 +53,8 @@ class WebSocketSettings(Strict):
     # A dropped connection's generations wait this long to be resumed, then are cancelled.
     grace_seconds: float = Field(30.0, ge=0)
     max_message_bytes: int = Field(128 * 1024, ge=1024)
+    # Each frame of a message too (clients may fragment a message into smaller frames).
+    max_frame_bytes: int | None = Field(32 * 1024, ge=1024)
     # Lambda-style handlers by route key: {"$connect": "chat.py:on_connect", "sendmessage": ...}
     routes: dict[str, str] = {}
     handler_timeout_seconds: float = Field(29.0, gt=0)
@@ -111,12 +113,14 @@ class Settings(Strict):
 
 
 def relaxed(ws: WebSocketSettings) -> WebSocketSettings:
-    """API Gateway's limits lifted: no idle or lifetime cap, 16 MiB messages, 15 min handlers."""
+    """API Gateway's limits lifted: no idle or lifetime cap, 16 MiB messages in frames of any
+    size, 15 min handlers."""
     return ws.model_copy(
         update={
             "idle_timeout_seconds": None,
             "max_connection_seconds": None,
             "max_message_bytes": 16 * 1024 * 1024,
+            "max_frame_bytes": None,
             "handler_timeout_seconds": 900.0,
         }
     )

@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 from botocore.config import Config
 
+from sluicegate import serving
 from sluicegate.config import Route, ScriptedSettings, Settings, WebSocketSettings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.engine import EngineConfig
@@ -38,6 +39,7 @@ class Server:
     url: str
     uvicorn: uvicorn.Server
     thread: threading.Thread
+    listeners: list[uvicorn.Server]
 
     @property
     def ws_url(self) -> str:
@@ -68,27 +70,23 @@ def serve(gateway: Gateway) -> Server:
     port = free_port()
     gateway.settings = gateway.settings.model_copy(update={"port": port})
     app = create_app(gateway)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=2,
-        ws_max_size=gateway.settings.websocket.max_message_bytes,
+    configs = serving.configs(
+        app, gateway.settings, log_level="warning", timeout_graceful_shutdown=2
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    servers = [uvicorn.Server(c) for c in configs]
+    thread = threading.Thread(target=serving.run_servers, args=(servers,), daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
-    while not server.started:
+    while not all(s.started for s in servers):
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
-    return Server(gateway, app, f"http://127.0.0.1:{port}", server, thread)
+    return Server(gateway, app, f"http://127.0.0.1:{port}", servers[0], thread, servers)
 
 
 def stop(server: Server) -> None:
-    server.uvicorn.should_exit = True
+    for listener in server.listeners:
+        listener.should_exit = True
     server.thread.join(timeout=10)
 
 
