@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck unit bench acceptance clean
+.PHONY: serve test lint typecheck unit bench acceptance screenshot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,8 +28,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The page's tests drive Debian's Chromium (never `playwright install`, which downloads).
+/usr/bin/chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+unit: $(STAMP) /usr/bin/chromium
 	$(BIN)/python -m pytest -q
+
+screenshot: $(STAMP) /usr/bin/chromium
+	SG_SCREENSHOT=$(CURDIR)/docs/screenshot.png $(BIN)/python -m pytest -q tests/e2e/test_web.py -k screenshot
 
 test: lint typecheck unit
 

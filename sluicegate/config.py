@@ -71,6 +71,10 @@ class FunctionSettings(Strict):
     timeout_seconds: float = Field(900.0, gt=0)
 
 
+# What the model picker calls each provider when only a glob route reaches it.
+PICKABLE: dict[str, ProviderName] = {"smollm2-135m-instruct": "local", "scripted": "scripted"}
+
+
 class Route(Strict):
     match: str
     provider: ProviderName
@@ -79,6 +83,9 @@ class Route(Strict):
 class Settings(Strict):
     host: str = "127.0.0.1"
     port: int = 8000
+    # A second listener on the same app, over TLS with a certificate made at start-up, for
+    # handlers that build their @connections endpoint as https://{domainName}/{stage}.
+    tls_port: int | None = Field(None, ge=1, le=65535)
     model: Path | None = None
     engine: EngineSettings = EngineSettings()
     scripted: ScriptedSettings = ScriptedSettings()
@@ -98,8 +105,19 @@ class Settings(Strict):
     @property
     def public_host(self) -> str:
         """host:port as clients and handlers reach this server."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"{host}:{self.port}"
+        return f"{self.public_address}:{self.port}"
+
+    @property
+    def public_address(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
+    def domain_name(self) -> str:
+        """`requestContext.domainName` for WebSocket handlers: the TLS listener when there is
+        one, so that `https://{domainName}/{stage}` reaches this server."""
+        if self.tls_port is None:
+            return self.public_host
+        return f"{self.public_address}:{self.tls_port}"
 
     def provider_for(self, model_id: str) -> ProviderName | None:
         """Which provider serves a model id: plain ids, inference profiles and ARNs alike."""
@@ -107,6 +125,18 @@ class Settings(Strict):
             if fnmatch.fnmatchcase(model_id, route.match):
                 return route.provider
         return None
+
+    def model_choices(self) -> list[tuple[str, ProviderName]]:
+        """Model ids a person can pick (the web page's list): every plain id in the routes, and
+        a name for each provider that a glob route sends to it."""
+        found: dict[str, ProviderName] = {}
+        for route in self.routes:
+            if not any(c in route.match for c in "*?["):
+                found.setdefault(route.match, route.provider)
+        for name, provider in PICKABLE.items():
+            if self.provider_for(name) == provider:
+                found.setdefault(name, provider)
+        return list(found.items())
 
     def used_providers(self) -> list[ProviderName]:
         return sorted({r.provider for r in self.routes})

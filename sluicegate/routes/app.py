@@ -15,7 +15,7 @@ from sluicegate import handlers
 from sluicegate.bus.memory import Connections
 from sluicegate.config import Settings
 from sluicegate.gateway import Gateway
-from sluicegate.routes import bedrock, metrics
+from sluicegate.routes import bedrock, metrics, web
 from sluicegate.routes.connections import connections_api
 from sluicegate.routes.function_url import Functions
 from sluicegate.routes.websocket import WebSocketApi, cancel_all
@@ -69,6 +69,7 @@ def create_app(
             ws_api.route(),
             *connections_api(connections, ws.stage, gateway.settings.api_key),
             *fns.routes(),
+            *web.routes(),
         ],
         exception_handlers={HTTPException: not_found},
         lifespan=lifespan,

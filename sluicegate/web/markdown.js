@@ -1,0 +1,190 @@
+// Streaming Markdown: text arrives a token at a time and the page must not re-flow wholesale.
+// Finished blocks are rendered once and never touched again; only the open block (the last
+// paragraph or list) is rebuilt, and an open code block only grows (text appended to a node).
+// Everything goes through the DOM (textContent, createElement), never innerHTML.
+
+const FENCE = /^\s{0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
+
+export class MarkdownStream {
+  constructor(root, { onCopy } = {}) {
+    this.root = root;
+    this.onCopy = onCopy;
+    this.text = "";
+    this.pos = 0;          // start of the first line not yet committed
+    this.block = [];       // committed lines of the open (non-code) block
+    this.fence = null;     // the open code block: {marker, pre, fixed, partial}
+    this.tail = null;      // element showing the open block
+  }
+
+  /** Replace everything (used when a stored answer is shown again). */
+  reset(text) {
+    this.root.replaceChildren();
+    Object.assign(this, { text: "", pos: 0, block: [], fence: null, tail: null });
+    this.push(text);
+  }
+
+  push(chunk) {
+    this.text += chunk;
+    let nl;
+    while ((nl = this.text.indexOf("\n", this.pos)) !== -1) {
+      this.line(this.text.slice(this.pos, nl));
+      this.pos = nl + 1;
+    }
+    this.showOpen(this.text.slice(this.pos));
+  }
+
+  /** One complete line. */
+  line(line) {
+    if (this.fence) {
+      const close = line.trim();
+      if (close.startsWith(this.fence.marker) && /^[`~]+$/.test(close)) {
+        this.fence.partial.data = "";
+        this.fence = null;
+      } else {
+        this.fence.fixed.appendData(line + "\n");
+      }
+      return;
+    }
+    const open = FENCE.exec(line);
+    if (open) {
+      this.commit();
+      this.fence = this.codeBlock(open[1], open[2]);
+      return;
+    }
+    if (line.trim() === "") {
+      this.commit();
+      return;
+    }
+    if (/^#{1,6}\s/.test(line) || /^\s{0,3}([-*_])(\s*\1){2,}\s*$/.test(line)) {
+      this.commit();
+      this.root.append(renderBlock([line]));
+      return;
+    }
+    // A list item, quote or heading after a paragraph starts a new block.
+    if (this.block.length && kind(line) !== kind(this.block[0]) && kind(line) !== "p") {
+      this.commit();
+    }
+    this.block.push(line);
+  }
+
+  /** The unfinished last line, shown provisionally. */
+  showOpen(partial) {
+    if (this.fence) {
+      this.fence.partial.data = partial;
+      return;
+    }
+    const lines = partial ? [...this.block, partial] : this.block;
+    if (!lines.length) {
+      this.tail?.remove();
+      this.tail = null;
+      return;
+    }
+    this.render(lines);
+  }
+
+  /** Show lines as the open block, rebuilding it only if they changed. */
+  render(lines) {
+    const key = lines.join("\n");
+    if (this.tail && this.tailKey === key) return;
+    const el = renderBlock(lines);
+    if (this.tail) this.tail.replaceWith(el);
+    else this.root.append(el);
+    this.tail = el;
+    this.tailKey = key;
+  }
+
+  commit() {
+    if (!this.block.length) return;
+    this.render(this.block);
+    this.tail = null;
+    this.block = [];
+  }
+
+  codeBlock(marker, lang) {
+    this.tail?.remove();
+    this.tail = null;
+    const wrap = el("figure", "code");
+    const head = el("figcaption");
+    const label = el("span", "lang", lang || "code");
+    const copy = el("button", "copy", "Copy");
+    copy.type = "button";
+    const pre = el("pre");
+    const code = el("code");
+    if (lang) code.dataset.lang = lang;
+    const fixed = document.createTextNode("");
+    const partial = document.createTextNode("");
+    code.append(fixed, partial);
+    pre.append(code);
+    copy.addEventListener("click", () => this.onCopy?.(code.textContent, copy));
+    head.append(label, copy);
+    wrap.append(head, pre);
+    this.root.append(wrap);
+    return { marker: marker[0].repeat(3), pre, fixed, partial };
+  }
+}
+
+function kind(line) {
+  if (/^\s{0,3}>/.test(line)) return "quote";
+  if (/^\s*([-*+]|\d+[.)])\s+/.test(line)) return "list";
+  return "p";
+}
+
+/** A finished (or provisional) block of lines as one element. */
+export function renderBlock(lines) {
+  const first = lines[0];
+  const heading = /^(#{1,6})\s+(.*)$/.exec(first);
+  if (heading && lines.length === 1) {
+    return inline(el(`h${Math.min(heading[1].length + 2, 6)}`), heading[2].replace(/\s#+\s*$/, ""));
+  }
+  if (/^\s{0,3}([-*_])(\s*\1){2,}\s*$/.test(first)) return el("hr");
+  const k = kind(first);
+  if (k === "quote") {
+    return inline(el("blockquote"), lines.map((l) => l.replace(/^\s{0,3}>\s?/, "")).join("\n"));
+  }
+  if (k === "list") {
+    const ordered = /^\s*\d+[.)]\s/.test(first);
+    const list = el(ordered ? "ol" : "ul");
+    let item = null;
+    for (const line of lines) {
+      const m = /^\s*(?:[-*+]|\d+[.)])\s+(.*)$/.exec(line);
+      if (m || !item) {
+        item = el("li");
+        list.append(item);
+      }
+      inline(item, m ? m[1] : line.trim(), Boolean(item.childNodes.length));
+    }
+    return list;
+  }
+  return inline(el("p"), lines.join("\n"));
+}
+
+// `code`, **bold**, *em* / _em_, [text](http…) links; the rest is text.
+const INLINE = /(`+)([^`]*?)\1|\*\*([^*]+)\*\*|__([^_]+)__|\*([^*\s][^*]*)\*|\b_([^_]+)_\b|\[([^\]]+)\]\((https?:\/\/[^\s)]+)\)/g;
+
+function inline(parent, text, continued = false) {
+  if (continued) parent.append("\n");
+  let last = 0;
+  for (const m of text.matchAll(INLINE)) {
+    if (m.index > last) parent.append(text.slice(last, m.index));
+    if (m[1]) parent.append(el("code", null, m[2]));
+    else if (m[3] || m[4]) parent.append(el("strong", null, m[3] || m[4]));
+    else if (m[5] || m[6]) parent.append(el("em", null, m[5] || m[6]));
+    else {
+      const a = el("a", null, m[7]);
+      a.href = m[8];
+      a.rel = "noopener noreferrer";
+      a.target = "_blank";
+      parent.append(a);
+    }
+    last = m.index + m[0].length;
+  }
+  if (last < text.length) parent.append(text.slice(last));
+  return parent;
+}
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}

@@ -1,0 +1,302 @@
+"""The code generation page in headless Chromium (Debian's), against a real server and model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluicegate.config import Route, Settings
+from sluicegate.events import TextDelta
+from sluicegate.gateway import Gateway
+from sluicegate.generation import Generation
+from sluicegate.providers.scripted import ScriptedProvider
+from tests.conftest import Server, serve, stop, wait_until
+
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    not shutil.which(CHROMIUM), reason="needs Debian's chromium (make test installs it)"
+)
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+Page = Any
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: Server) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    open_page(pg, server.url)
+    yield pg
+    context.close()
+    assert not errors, errors  # no script errors and no CSP violations
+
+
+def open_page(pg: Page, url: str) -> None:
+    pg.goto(url + "/")
+    pg.wait_for_selector("#link[data-state=ok]")
+
+
+def ask(pg: Page, prompt: str, model: str | None = None) -> None:
+    if model:
+        pg.select_option("#model", model)
+    pg.fill("#prompt", prompt)
+    pg.press("#prompt", "Control+Enter")
+
+
+def last_turn(pg: Page) -> dict[str, Any]:
+    turn: dict[str, Any] = pg.evaluate("sluicegate.state.turns.at(-1)")
+    return turn
+
+
+def wait_tokens(pg: Page, n: int) -> None:
+    pg.wait_for_function(f"() => sluicegate.state.turns.at(-1).seq >= {n}", timeout=60_000)
+
+
+def wait_ended(pg: Page) -> dict[str, Any]:
+    ended = "() => sluicegate.state.turns.at(-1).status !== 'streaming'"
+    pg.wait_for_function(ended, timeout=90_000)
+    return last_turn(pg)
+
+
+def generation(server: Server, pg: Page, client_id: str) -> Generation:
+    owner = pg.evaluate("sluicegate.state.owner")
+    gen: Generation = server.app.state.websocket.live[(owner, client_id)].gen
+    return gen
+
+
+def server_text(gen: Generation) -> str:
+    return "".join(e.text for e in gen.log if isinstance(e, TextDelta))
+
+
+def test_answer_grows_over_many_updates_and_ends_with_figures(page: Page, server: Server) -> None:
+    page.click("#settings-open")
+    page.fill("#max-tokens", "80")
+    page.click("#settings button.primary")
+    ask(page, "Write a Python function that reverses a list, with an example.")
+    sizes = []
+    while last_turn(page)["status"] == "streaming":
+        sizes.append(len(page.inner_text(".turn.assistant .answer")))
+        time.sleep(0.02)
+    turn = wait_ended(page)
+    grew = sorted(set(sizes))
+    assert len(grew) >= 4, f"the answer changed only {len(grew)} times while streaming"
+    assert grew == sorted(grew) and sizes == sorted(sizes), "the answer shrank while streaming"
+
+    gen = generation(server, page, turn["id"])
+    assert turn["text"] == server_text(gen)  # every delta, in order, once
+    assert turn["usage"]["output_tokens"] == gen.usage.output_tokens <= 80
+    figures = page.inner_text(".turn.assistant .figures")
+    for shown in ("first token", "tok/s", f"{gen.usage.input_tokens} in", "out", "total", "stop:"):
+        assert shown in figures, figures
+    assert page.is_visible("#send") and not page.is_visible("#stop")
+
+
+def test_stop_button_stops_the_model(page: Page, server: Server) -> None:
+    ask(page, "Write a very long Python module with many functions and docstrings.")
+    wait_tokens(page, 5)
+    assert page.is_visible("#stop") and not page.is_visible("#send")
+    page.get_by_role("button", name="Stop").click()
+    turn = wait_ended(page)
+    assert turn["status"] == "stopped" and turn["stopReason"] == "cancelled"
+    assert "Stopped" in page.inner_text(".turn.assistant .badge")
+    assert page.is_visible("#send") and not page.is_visible("#stop")
+
+    gen = generation(server, page, turn["id"])
+    assert gen.stop_reason == "cancelled"
+    engine = server.gateway.providers["local"].engine  # type: ignore[attr-defined]
+    assert wait_until(lambda: engine.active() == (0, 0))
+    decoded = engine.decoded(gen.id)
+    time.sleep(0.3)
+    assert engine.decoded(gen.id) == decoded, "the model kept decoding after Stop"
+    assert turn["text"] == server_text(gen)  # the partial answer stays, complete
+    assert turn["text"] and turn["usage"]["output_tokens"] == gen.usage.output_tokens
+
+
+def test_escape_stops_too(page: Page, server: Server) -> None:
+    ask(page, "sluicegate:delay-ms=40 go", model="scripted")
+    wait_tokens(page, 3)
+    page.keyboard.press("Escape")
+    turn = wait_ended(page)
+    assert turn["stopReason"] == "cancelled"
+    produced = server.gateway.providers["scripted"].produced  # type: ignore[attr-defined]
+    gen = generation(server, page, turn["id"])
+    assert produced[gen.id] < 64
+
+
+def test_conversation_is_multi_turn_and_survives_reload(page: Page, server: Server) -> None:
+    ask(page, "first question", model="scripted")
+    first = wait_ended(page)
+    ask(page, "second question")
+    second = wait_ended(page)
+    gen = generation(server, page, second["id"])
+    assert [m.role for m in gen.request.messages] == ["user", "assistant", "user"]
+    assert gen.request.messages[1].text == first["text"]
+
+    page.reload()
+    page.wait_for_selector("#link[data-state=ok]")
+    answers = page.locator(".turn.assistant .answer")
+    assert answers.count() == 2
+    assert "second question" in page.inner_text("#turns")
+    assert answers.nth(1).inner_text().split() == second["text"].split()
+    assert page.input_value("#model") == "scripted"
+
+    page.click("#new-chat")
+    page.reload()
+    page.wait_for_selector("#link[data-state=ok]")
+    assert page.locator(".turn").count() == 0
+
+
+def test_dropped_socket_resumes_with_no_gap_and_no_repeat(page: Page, server: Server) -> None:
+    ask(page, "sluicegate:delay-ms=40 tell me everything", model="scripted")
+    wait_tokens(page, 5)
+    owner = page.evaluate("sluicegate.state.owner")
+    ids = [c.id for c in server.app.state.connections.by_id.values() if c.owner == owner]
+    assert len(ids) == 1
+    server.management().delete_connection(ConnectionId=ids[0])  # the server drops the socket
+    turn = wait_ended(page)
+    gen = generation(server, page, turn["id"])
+    assert turn["status"] == "done" and turn["text"] == server_text(gen)
+    assert turn["seq"] == sum(isinstance(e, TextDelta) for e in gen.log)
+    assert server.app.state.connections.opened >= 2  # it really reconnected
+
+
+def test_reload_mid_answer_resumes_it(page: Page, server: Server) -> None:
+    ask(page, "sluicegate:delay-ms=40 keep going", model="scripted")
+    wait_tokens(page, 5)
+    page.reload()
+    page.wait_for_selector("#link[data-state=ok]")
+    turn = wait_ended(page)
+    gen = generation(server, page, turn["id"])
+    assert turn["status"] == "done" and turn["text"] == server_text(gen)
+    assert page.inner_text(".turn.assistant .answer").split() == turn["text"].split()
+
+
+def test_validation_error_is_shown_in_plain_words(page: Page) -> None:
+    page.click("#settings-open")
+    page.fill("#max-tokens", "1000000")
+    page.click("#settings button.primary")
+    ask(page, "hello")
+    turn = wait_ended(page)
+    assert turn["status"] == "error"
+    shown = page.inner_text(".turn.assistant .error")
+    assert shown.startswith("The server did not accept the request:")
+    assert "context" in shown  # the server's own explanation
+    assert page.is_visible("#send") and not page.is_visible("#stop")
+
+
+def test_markdown_streams_without_rebuilding_finished_blocks(page: Page) -> None:
+    text = (
+        "# Title\n\nSome **bold** and `code` and a [link](https://example.com).\n\n"
+        "- one\n- two\n\n```python\ndef f(x):\n    return x * 2\n```\n\n"
+        "<img src=x onerror=alert(1)> stays text.\n"
+    )
+    result = page.evaluate(
+        """async (text) => {
+            const { MarkdownStream } = await import('/ui/markdown.js');
+            const whole = document.createElement('div');
+            new MarkdownStream(whole).push(text);
+            const bits = document.createElement('div');
+            const md = new MarkdownStream(bits);
+            let firstPara = null, kept = true;
+            for (let i = 0; i < text.length; i += 3) {
+                md.push(text.slice(i, i + 3));
+                const p = bits.querySelector('p');
+                if (p && !firstPara && bits.children.length > 2) firstPara = p;
+                if (firstPara && !bits.contains(firstPara)) kept = false;
+            }
+            return { same: whole.innerHTML === bits.innerHTML, kept, html: bits.innerHTML,
+                     imgs: bits.querySelectorAll('img').length,
+                     code: bits.querySelector('figure.code code').textContent,
+                     lang: bits.querySelector('figure.code .lang').textContent };
+        }""",
+        text,
+    )
+    assert result["same"], result["html"]
+    assert result["kept"], "a finished paragraph was rebuilt while later text streamed in"
+    assert result["imgs"] == 0 and "&lt;img" in result["html"]
+    assert result["code"] == "def f(x):\n    return x * 2\n" and result["lang"] == "python"
+    for tag in ("<h3>", "<strong>bold</strong>", "<ul>", 'href="https://example.com"'):
+        assert tag in result["html"]
+
+
+def test_code_block_copy_button(page: Page, browser: Any) -> None:
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.evaluate(
+        """async () => {
+            const { MarkdownStream } = await import('/ui/markdown.js');
+            const root = document.querySelector('#turns');
+            new MarkdownStream(root, { onCopy: (t, b) => navigator.clipboard.writeText(t)
+                .then(() => { b.textContent = 'Copied'; }) }).push('```sh\\nls -la\\n```\\n');
+        }"""
+    )
+    page.click("figure.code .copy")
+    page.wait_for_selector("figure.code .copy:text('Copied')")
+    assert page.evaluate("navigator.clipboard.readText()") == "ls -la\n"
+
+
+def test_phone_width_and_dark_mode(browser: Any, server: Server) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")
+    pg = context.new_page()
+    open_page(pg, server.url)
+    ask(pg, "sluicegate:delay-ms=1 " + "x" * 300, model="scripted")
+    wait_ended(pg)
+    overflow = pg.evaluate("document.scrollingElement.scrollWidth - innerWidth")
+    background = pg.evaluate("getComputedStyle(document.body).backgroundColor")
+    context.close()
+    assert overflow <= 0, "the page scrolls sideways at phone width"
+    r, g, b = (int(c) for c in background[background.index("(") + 1 : -1].split(",")[:3])
+    assert r + g + b < 150, f"dark mode background is {background}"
+
+
+def test_server_down_is_said_in_plain_words(browser: Any) -> None:
+    settings = Settings(routes=[Route(match="*", provider="scripted")])
+    lone = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.001)}))
+    context = browser.new_context()
+    pg = context.new_page()
+    try:
+        open_page(pg, lone.url)
+        assert pg.input_value("#model") == "scripted"
+    finally:
+        stop(lone)
+    pg.wait_for_selector("#notice:not([hidden])", timeout=20_000)
+    notice = pg.inner_text("#notice")
+    ask(pg, "anyone there?")
+    state = pg.inner_text("#link")
+    context.close()
+    assert "Cannot reach the sluicegate server" in notice
+    assert state == "reconnecting…" or state == "connecting…"
+
+
+def test_screenshot_mid_answer(page: Page, tmp_path: Path) -> None:
+    """`make screenshot` keeps this picture as docs/screenshot.png."""
+    page.set_viewport_size({"width": 1100, "height": 760})
+    page.click("#settings-open")
+    page.fill("#max-tokens", "400")
+    page.fill("#temperature", "0")
+    page.click("#settings button.primary")
+    ask(page, "Write a Python function that checks whether a string is a palindrome.")
+    wait_ended(page)
+    ask(page, "Now write tests for it with pytest.")
+    wait_tokens(page, 60)
+    target = Path(os.environ.get("SG_SCREENSHOT", tmp_path / "screenshot.png"))
+    page.screenshot(path=str(target))
+    page.get_by_role("button", name="Stop").click()
+    wait_ended(page)
+    assert target.stat().st_size > 10_000
