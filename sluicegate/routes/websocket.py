@@ -206,8 +206,16 @@ class WebSocketApi:
         request = wire.parse_generate(body)
         gen = await self.gateway.start(request, route=ROUTE, owner=conn.owner)
         live = Live(client_id, gen, conn)
+        self._forget_ended()
         self.live[(conn.owner, client_id)] = live
         self._forward(live, conn, 0)
+
+    def _forget_ended(self) -> None:
+        """Ended generations stay resumable for as long as the gateway keeps them, no longer."""
+        kept = self.gateway.generations
+        for key, live in list(self.live.items()):
+            if live.gen.done and live.gen.id not in kept:
+                del self.live[key]
 
     async def stop(self, conn: Connection, body: Body) -> None:
         client_id = _id(body)
