@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +14,9 @@ from sluicegate import config
 from sluicegate.config import FunctionSettings, ProviderName, Route, Settings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.base import Provider
+
+if TYPE_CHECKING:
+    from sluicegate.tls import LocalCertificate
 
 app = typer.Typer(
     help="sluicegate: a streaming gateway for foundation models, speaking AWS wire protocols.",
@@ -171,12 +175,19 @@ def serve(
             "relaxed: none of them, for local work."
         ),
     ] = "aws",
+    tls_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Also serve over TLS on this port, with a certificate made at start-up that "
+            "handlers trust: WebSocket events' domainName names it, for https://{domainName}/{stage}.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the Bedrock Runtime API (and /metrics) with the configured providers."""
     from sluicegate import serving
-    from sluicegate.handlers import HandlerLoadError
-    from sluicegate.routes.app import create_app, load_user_routes
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = apply_flags(config.load(config_file), model, route, ws_route)
@@ -191,9 +202,23 @@ def serve(
         settings = settings.model_copy(update={"websocket": config.relaxed(settings.websocket)})
     elif limits != "aws":
         raise typer.BadParameter("expected aws or relaxed", param_hint="--limits")
-    settings = settings.model_copy(
-        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    )
+    listen = {"host": host, "port": port, "tls_port": tls_port}
+    settings = settings.model_copy(update={k: v for k, v in listen.items() if v is not None})
+    if settings.tls_port == settings.port:
+        raise typer.BadParameter("must differ from --port", param_hint="--tls-port")
+    with serving.certificate(settings) as cert:
+        caught = _serve(settings, cert, log_level)
+    for sig in caught:  # as uvicorn does: stop gracefully, then end as the signal asked
+        signal.raise_signal(sig)
+
+
+def _serve(
+    settings: Settings, cert: LocalCertificate | None, log_level: str
+) -> list[signal.Signals]:
+    from sluicegate import serving
+    from sluicegate.handlers import HandlerLoadError
+    from sluicegate.routes.app import create_app, load_user_routes
+
     try:
         # Handlers are imported first: a broken one is reported before the model loads.
         app_routes = load_user_routes(settings)
@@ -206,10 +231,17 @@ def serve(
     base = f"{settings.host}:{settings.port}"
     console.print(f"Bedrock Runtime endpoint: [bold]http://{base}[/bold]")
     console.print(f"WebSocket API: [bold]ws://{base}/{settings.websocket.stage}[/bold]")
+    if cert is not None:
+        console.print(
+            f"TLS listener: [bold]https://{settings.domain_name}[/bold] "
+            f"(certificate authority {cert.ca_file})",
+            highlight=False,
+        )
     try:
-        serving.run(
+        return serving.run(
             create_app(gateway, app_routes),
             settings,
+            cert,
             log_level=log_level,
             timeout_graceful_shutdown=5,
         )

@@ -118,6 +118,26 @@ def handler_environment(base_url: str, stage: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "sluicegate",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+    return _ours(wanted)
+
+
+def user_ca_bundle() -> str | None:
+    """The AWS_CA_BUNDLE set outside sluicegate, if any (also once we have replaced it)."""
+    current = os.environ.get("AWS_CA_BUNDLE")
+    if current is None or current != _SET.get("AWS_CA_BUNDLE"):
+        _BEFORE["AWS_CA_BUNDLE"] = current
+    return _BEFORE.get("AWS_CA_BUNDLE")
+
+
+def ca_environment(ca_bundle: str) -> dict[str, str]:
+    """AWS_CA_BUNDLE for handlers whose clients reach this server's TLS listener (the endpoint
+    `https://{domainName}/{stage}`). It replaces the user's, so `ca_bundle` must include what
+    that trusted (`user_ca_bundle()`): a corporate proxy's authority, say."""
+    _SET["AWS_CA_BUNDLE"] = ca_bundle
+    return {"AWS_CA_BUNDLE": ca_bundle}
+
+
+def _ours(wanted: dict[str, str]) -> dict[str, str]:
     # Values we set earlier (another server in this process) are ours to replace; the user's not.
     chosen = {k: v for k, v in wanted.items() if os.environ.get(k, _SET.get(k)) == _SET.get(k)}
     _SET.update(chosen)
@@ -125,3 +145,4 @@ def handler_environment(base_url: str, stage: str) -> dict[str, str]:
 
 
 _SET: dict[str, str] = {}
+_BEFORE: dict[str, str | None] = {}

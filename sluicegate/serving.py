@@ -3,19 +3,30 @@
 The command line and the tests start servers through here, so both enforce the same WebSocket
 limits: a message over `max_message_bytes`, or a frame over `max_frame_bytes`, closes the
 connection with 1009 (Message Too Big), as API Gateway does.
+
+With `tls_port`, a second listener serves the same app over TLS, with a certificate made at
+start-up that handlers' boto3 clients trust (AWS_CA_BUNDLE): AWS samples post to
+`https://{domainName}/{stage}`, and `domainName` then names that listener.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from sluicegate import handlers
 from sluicegate.config import Settings
+from sluicegate.tls import LocalCertificate, make_certificate
 
 STARTUP_FAILURE = 3  # uvicorn's exit status when a listener cannot start
 
@@ -33,19 +44,52 @@ def websocket_protocol(max_frame_bytes: int | None) -> type[WebSocketsSansIOProt
     return Limited
 
 
-def configs(app: Any, settings: Settings, **options: Any) -> list[uvicorn.Config]:
-    """The uvicorn configuration of every listener serving `app`."""
+def configs(
+    app: Any, settings: Settings, cert: LocalCertificate | None = None, **options: Any
+) -> list[uvicorn.Config]:
+    """The uvicorn configuration of every listener serving `app`: plain, then TLS if any."""
     ws = settings.websocket
-    return [
-        uvicorn.Config(
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "ws": websocket_protocol(ws.max_frame_bytes),
+        "ws_max_size": ws.max_message_bytes,
+        **options,
+    }
+    listeners = [uvicorn.Config(app, port=settings.port, **common)]
+    if settings.tls_port is not None:
+        if cert is None:
+            raise ValueError("tls_port is set: make its certificate first (local_certificate)")
+        tls = uvicorn.Config(
             app,
-            host=settings.host,
-            port=settings.port,
-            ws=websocket_protocol(ws.max_frame_bytes),
-            ws_max_size=ws.max_message_bytes,
-            **options,
+            port=settings.tls_port,
+            ssl_certfile=cert.cert_file,
+            ssl_keyfile=cert.key_file,
+            lifespan="off",  # the app starts and stops once, with the plain listener
+            **common,
         )
-    ]
+        listeners.append(tls)
+    return listeners
+
+
+def local_certificate(settings: Settings, directory: Path) -> LocalCertificate:
+    """The TLS listener's certificate, written to `directory`, and trusted by handlers' boto3
+    clients through AWS_CA_BUNDLE (unless they are meant to call real AWS)."""
+    hosts = list(dict.fromkeys([settings.public_address, "127.0.0.1", "localhost", "::1"]))
+    before = handlers.user_ca_bundle()
+    cert = make_certificate(directory, hosts, Path(before) if before else None)
+    if not settings.handlers_call_aws:
+        os.environ.update(handlers.ca_environment(str(cert.ca_bundle)))
+    return cert
+
+
+@contextlib.contextmanager
+def certificate(settings: Settings) -> Iterator[LocalCertificate | None]:
+    """The TLS listener's certificate in a temporary folder while serving; None without one."""
+    if settings.tls_port is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="sluicegate-tls-") as folder:
+        yield local_certificate(settings, Path(folder))
 
 
 async def serve_together(servers: list[uvicorn.Server]) -> None:
@@ -65,10 +109,22 @@ def run_servers(servers: list[uvicorn.Server]) -> None:
         runner.run(serve_together(servers))
 
 
-def run(app: Any, settings: Settings, **options: Any) -> None:
-    """Serve until a signal, as `uvicorn.run` does, but with every listener of `settings`."""
-    servers = [uvicorn.Server(c) for c in configs(app, settings, **options)]
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it caught
-        run_servers(servers)
+def run(
+    app: Any, settings: Settings, cert: LocalCertificate | None, **options: Any
+) -> list[signal.Signals]:
+    """Serve until a signal, as `uvicorn.run` does, but with every listener of `settings`.
+
+    uvicorn re-raises the SIGTERM that stopped it as soon as it is done; it is returned instead,
+    for the caller to raise once it has cleaned up (closed the model, removed the certificate).
+    """
+    servers = [uvicorn.Server(c) for c in configs(app, settings, cert, **options)]
+    caught: list[signal.Signals] = []
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: caught.append(signal.SIGTERM))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: SIGINT ends quietly
+            run_servers(servers)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not all(s.started for s in servers):
         sys.exit(STARTUP_FAILURE)
+    return caught

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -14,13 +18,14 @@ import pytest
 import uvicorn
 from botocore.config import Config
 
-from sluicegate import serving
+from sluicegate import handlers, serving
 from sluicegate.config import Route, ScriptedSettings, Settings, WebSocketSettings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.engine import EngineConfig
 from sluicegate.providers.local import LocalProvider, embedded_model_path
 from sluicegate.providers.scripted import ScriptedProvider
 from sluicegate.routes.app import create_app
+from sluicegate.tls import LocalCertificate
 
 
 def free_port() -> int:
@@ -40,10 +45,15 @@ class Server:
     uvicorn: uvicorn.Server
     thread: threading.Thread
     listeners: list[uvicorn.Server]
+    cert: LocalCertificate | None = None  # with a TLS listener (serve(..., tls=True))
 
     @property
     def ws_url(self) -> str:
         return self.url.replace("http", "ws", 1) + "/ws"
+
+    @property
+    def tls_url(self) -> str:
+        return f"https://{self.gateway.settings.domain_name}"
 
     def management(self) -> Any:
         return boto3.client(
@@ -66,12 +76,17 @@ class Server:
         )
 
 
-def serve(gateway: Gateway) -> Server:
+def serve(gateway: Gateway, *, tls: bool = False) -> Server:
+    """Serve on free ports; `tls` adds the TLS listener (its certificate in a temporary folder)."""
     port = free_port()
-    gateway.settings = gateway.settings.model_copy(update={"port": port})
+    listen = {"port": port, "tls_port": free_port() if tls else None}
+    gateway.settings = gateway.settings.model_copy(update=listen)
+    cert = None
+    if tls:
+        cert = serving.local_certificate(gateway.settings, Path(tempfile.mkdtemp(prefix="sg-tls-")))
     app = create_app(gateway)
     configs = serving.configs(
-        app, gateway.settings, log_level="warning", timeout_graceful_shutdown=2
+        app, gateway.settings, cert, log_level="warning", timeout_graceful_shutdown=2
     )
     servers = [uvicorn.Server(c) for c in configs]
     thread = threading.Thread(target=serving.run_servers, args=(servers,), daemon=True)
@@ -81,13 +96,21 @@ def serve(gateway: Gateway) -> Server:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
-    return Server(gateway, app, f"http://127.0.0.1:{port}", servers[0], thread, servers)
+    return Server(gateway, app, f"http://127.0.0.1:{port}", servers[0], thread, servers, cert)
 
 
 def stop(server: Server) -> None:
     for listener in server.listeners:
         listener.should_exit = True
     server.thread.join(timeout=10)
+    if server.cert is not None:
+        shutil.rmtree(server.cert.ca_file.parent, ignore_errors=True)
+        # Give back the AWS_CA_BUNDLE we replaced: nothing later should trust a removed file.
+        original = handlers.user_ca_bundle()
+        if original is None:
+            os.environ.pop("AWS_CA_BUNDLE", None)
+        else:
+            os.environ["AWS_CA_BUNDLE"] = original
 
 
 @pytest.fixture(scope="session")

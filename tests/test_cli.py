@@ -95,6 +95,7 @@ def test_serve_runs_as_a_process_and_stops_on_sigterm() -> None:
 
 
 def test_handlers_reach_this_server_unless_told_to_call_aws(tmp_path: Path) -> None:
+    from sluicegate import handlers
     from sluicegate.config import FunctionSettings, Settings
     from sluicegate.routes.app import load_user_routes
 
@@ -104,7 +105,7 @@ def test_handlers_reach_this_server_unless_told_to_call_aws(tmp_path: Path) -> N
         "def handler(event, context):\n    return SEEN\n"
     )
     fns = {"h": FunctionSettings(handler=f"{handler}:handler")}
-    before = dict(os.environ)
+    before, ours = dict(os.environ), dict(handlers._SET)
     try:
         os.environ.pop("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", None)
         loaded = load_user_routes(Settings(port=8765, functions=fns, handlers_call_aws=True))
@@ -113,5 +114,8 @@ def test_handlers_reach_this_server_unless_told_to_call_aws(tmp_path: Path) -> N
         load_user_routes(Settings(port=8765, functions=fns))
         assert os.environ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] == "http://127.0.0.1:8765"
     finally:
+        # Both, or later servers in this process take their own old values for the user's.
         os.environ.clear()
         os.environ.update(before)
+        handlers._SET.clear()
+        handlers._SET.update(ours)

@@ -181,7 +181,7 @@ class WebSocketApi:
         return await handlers.call(self.user_routes[key], event, context)
 
     def _event(self, conn: Connection, key: str, kind: str, **extra: Any) -> Body:
-        domain = self.gateway.settings.public_host
+        domain = self.gateway.settings.domain_name
         return apigateway.ws_event(conn, key, kind, domain=domain, stage=self.stage, **extra)
 
     def _spawn(self, work: Awaitable[None]) -> None:
