@@ -19,14 +19,16 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from sluicegate import handlers
 from sluicegate.config import Settings
-from sluicegate.tls import LocalCertificate, make_certificate
+
+if TYPE_CHECKING:  # the TLS listener alone needs the `cryptography` package
+    from sluicegate.tls import LocalCertificate
 
 STARTUP_FAILURE = 3  # uvicorn's exit status when a listener cannot start
 
@@ -75,6 +77,8 @@ def local_certificate(settings: Settings, directory: Path) -> LocalCertificate:
     """The TLS listener's certificate, written to `directory`, and trusted by handlers' boto3
     clients through AWS_CA_BUNDLE (unless they are meant to call real AWS)."""
     hosts = list(dict.fromkeys([settings.public_address, "127.0.0.1", "localhost", "::1"]))
+    from sluicegate.tls import make_certificate
+
     before = handlers.user_ca_bundle()
     cert = make_certificate(directory, hosts, Path(before) if before else None)
     if not settings.handlers_call_aws:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -25,7 +25,9 @@ from sluicegate.providers.engine import EngineConfig
 from sluicegate.providers.local import LocalProvider, embedded_model_path
 from sluicegate.providers.scripted import ScriptedProvider
 from sluicegate.routes.app import create_app
-from sluicegate.tls import LocalCertificate
+
+if TYPE_CHECKING:
+    from sluicegate.tls import LocalCertificate
 
 
 def free_port() -> int:
