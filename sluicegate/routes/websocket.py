@@ -262,7 +262,7 @@ class WebSocketApi:
                 elif isinstance(event, MessageStop):
                     conn.send(wire.dumps(wire.end_message(cid, gen.stop_reason, event)))
                 elif isinstance(event, MessageStart):
-                    conn.send(wire.dumps({"type": "start", "id": cid, "model": event.model}))
+                    conn.send(wire.dumps(wire.start_message(cid, event)))
                 elif isinstance(event, ErrorEvent):
                     exc = errors.from_event(event.code, event.message)
                     conn.send(wire.dumps(wire.error_from(cid, exc)))

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from sluicegate.errors import SluicegateError, ValidationError
-from sluicegate.events import ChatRequest, Message, MessageStop
+from sluicegate.events import ChatRequest, Message, MessageStart, MessageStop
 from sluicegate.translate import anthropic
 
 DEFAULT_MODEL = "default"
@@ -68,6 +68,11 @@ def _messages(body: dict[str, Any]) -> tuple[Message, ...]:
     if "messages" not in body:
         raise ValidationError("generate needs messages (or a prompt).")
     return anthropic.parse_messages(body["messages"])
+
+
+def start_message(gen_id: str, start: MessageStart) -> dict[str, Any]:
+    """`requestId` is the gateway's id: /sluicegate/generations/{requestId} describes it."""
+    return {"type": "start", "id": gen_id, "model": start.model, "requestId": start.message_id}
 
 
 def end_message(gen_id: str, stop_reason: str | None, stop: MessageStop) -> dict[str, Any]:

@@ -53,7 +53,14 @@ def test_generate_streams_start_ordered_deltas_and_end(server: Server) -> None:
             return await until_end(ws, "g1")
 
     seen = asyncio.run(main())
-    assert seen[0] == {"type": "start", "id": "g1", "model": "scripted"}
+    assert seen[0] == {
+        "type": "start",
+        "id": "g1",
+        "model": "scripted",
+        "requestId": generation(server, "g1").id,
+    }
+    described = httpx.get(f"{server.url}/sluicegate/generations/{seen[0]['requestId']}").json()
+    assert described["route"] == "websocket" and described["produced_tokens"] == 20
     deltas = [m for m in seen if m["type"] == "delta"]
     assert [d["seq"] for d in deltas] == list(range(1, 21))
     assert "".join(d["text"] for d in deltas).startswith("You said: héllo 日本 ")
