@@ -814,18 +814,27 @@ def report(rows: list[Row], stop: StopReport | None, peer_note: str, machine: st
 # -- main ------------------------------------------------------------------------------------
 
 
-def run_sluicegate(workdir: Path) -> tuple[list[Row], StopReport]:
+def run_sluicegate(
+    workdir: Path, extra: Sequence[str] = (), engine: str = ""
+) -> tuple[list[Row], StopReport]:
     config = workdir / "sluicegate.toml"
-    config.write_text(SERVER_CONFIG)
+    config.write_text(SERVER_CONFIG + (f"[engine]\n{engine}\n" if engine else ""))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     print(f"sluicegate on {url} ...", file=sys.stderr, flush=True)
-    cmd = sluicegate_cmd(port, config)
+    cmd = [*sluicegate_cmd(port, config), *extra]
     with server_process(cmd, f"{url}/metrics", workdir / "server.log") as pid:
         rows = bedrock_scenarios(url, pid)
         print("  stop latency ...", file=sys.stderr, flush=True)
         stop = stop_latency(url, pid)
     return rows, stop
+
+
+def other_sections(path: Path) -> str:
+    """Sections other benchmarks keep in the same file (marked `<!-- bench/NAME: begin -->`)."""
+    old = path.read_text() if path.exists() else ""
+    start = old.find("<!-- bench/")
+    return "\n" + old[start:] if start >= 0 else ""
 
 
 def raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -847,6 +856,8 @@ def run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--peer", action="store_true", help="also run llama-cpp-python's server")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the table")
+    parser.add_argument("--weights", help="for `sluicegate serve --weights`: auto, q8_0 or file")
+    parser.add_argument("--engine", default="", help="[engine] settings, e.g. 'kv = \"unified\"'")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, raise_interrupt)
     busy = idle_check()
@@ -854,7 +865,8 @@ def run(argv: list[str] | None) -> int:
     if busy > BUSY_WARNING:
         print(f"warning: {busy:.2f} cores were busy before start", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="sluicegate-bench-") as tmp:
-        rows, stop = run_sluicegate(Path(tmp))
+        extra = ["--weights", args.weights] if args.weights else []
+        rows, stop = run_sluicegate(Path(tmp), extra, args.engine)
         peer_note = ""
         if args.peer:
             peer = run_peer(Path(tmp))
@@ -865,7 +877,7 @@ def run(argv: list[str] | None) -> int:
                 rows += peer
     text = report(rows, stop, peer_note, machine)
     print(text)
-    args.output.write_text(text)
+    args.output.write_text(text + other_sections(args.output))
     print(f"(written to {args.output})", file=sys.stderr)
     return 0
 

@@ -3,6 +3,7 @@
 host = "127.0.0.1"
 port = 8000
 model = "/path/to/any.gguf"        # default: the embedded SmolLM2-135M-Instruct
+weights = "auto"                    # auto | q8_0 | file (see providers/local.py)
 
 [engine]                            # the local provider's batching engine
 n_ctx = 8192
@@ -36,6 +37,7 @@ class Strict(BaseModel):
 class EngineSettings(Strict):
     n_ctx: int = Field(8192, ge=256)
     n_parallel: int = Field(32, ge=1, le=256)
+    kv: Literal["unified", "per-sequence"] = "unified"  # see providers/engine.EngineConfig
     n_batch: int = Field(512, ge=32)
     prefill_chunk: int = Field(128, ge=1)
     n_threads: int = Field(2, ge=1)
@@ -87,6 +89,9 @@ class Settings(Strict):
     # handlers that build their @connections endpoint as https://{domainName}/{stage}.
     tls_port: int | None = Field(None, ge=1, le=65535)
     model: Path | None = None
+    # auto: the embedded model's weights are served as Q8_0 (faster in batches, same output
+    # quality; see providers/local.py), a --model file as it is. q8_0 / file force either.
+    weights: Literal["auto", "q8_0", "file"] = "auto"
     engine: EngineSettings = EngineSettings()
     scripted: ScriptedSettings = ScriptedSettings()
     routes: list[Route] = [Route(match="*", provider="local")]

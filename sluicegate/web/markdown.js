@@ -70,7 +70,8 @@ export class MarkdownStream {
   /** The unfinished last line, shown provisionally. */
   showOpen(partial) {
     if (this.fence) {
-      this.fence.partial.data = partial;
+      // what may be the closing fence is not shown as code while it arrives
+      this.fence.partial.data = /^\s*[`~]+$/.test(partial) ? "" : partial;
       return;
     }
     const lines = partial ? [...this.block, partial] : this.block;
