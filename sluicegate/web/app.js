@@ -184,6 +184,7 @@ function send() {
   const answer = { role: "assistant", id, text: "", seq: 0, status: "streaming", model: s.model, sentAt: Date.now() };
   state.turns.push(user, answer);
   ui.prompt.value = "";
+  follow = true;
   hideNotice();
   addTurn(user);
   addTurn(answer);
@@ -279,12 +280,22 @@ function flush() {
   save();
 }
 
-/** Keep the newest text in view, unless the reader scrolled up. */
-function stickToBottom(change) {
+// Follow the newest text until the reader scrolls up; follow again once they are back at the end.
+let follow = true;
+let lastTop = 0;
+
+function onScroll() {
   const el = document.scrollingElement;
-  const atBottom = el.scrollHeight - el.scrollTop - el.clientHeight < 64;
+  if (el.scrollTop < lastTop - 2) follow = false;
+  if (el.scrollHeight - el.scrollTop - el.clientHeight < 8) follow = true;
+  lastTop = el.scrollTop;
+}
+
+function stickToBottom(change) {
   change();
-  if (atBottom) el.scrollTop = el.scrollHeight;
+  const el = document.scrollingElement;
+  if (follow) el.scrollTop = el.scrollHeight;
+  lastTop = el.scrollTop;
 }
 
 function renderBadge(turn) {
@@ -419,6 +430,7 @@ async function main() {
   ui.settings.addEventListener("close", readSettings);
   ui.model.addEventListener("change", readSettings);
   addEventListener("pagehide", () => save(true));
+  addEventListener("scroll", onScroll, { passive: true });
   setInterval(() => {                       // API Gateway closes idle connections after 10 min
     link?.send({ action: "ping" });
   }, 5 * 60 * 1000);

@@ -305,3 +305,39 @@ def test_screenshot_mid_answer(page: Page, tmp_path: Path) -> None:
     page.get_by_role("button", name="Stop").click()
     wait_ended(page)
     assert target.stat().st_size > 10_000
+
+
+def test_view_follows_the_answer_unless_the_reader_scrolled_up(page: Page) -> None:
+    page.set_viewport_size({"width": 800, "height": 400})
+    ask(page, "sluicegate:delay-ms=25 " + "long " * 40, model="scripted")
+    at_bottom = "() => { const e = document.scrollingElement;"
+    at_bottom += " return e.scrollHeight - e.scrollTop - e.clientHeight < 64; }"
+    page.wait_for_function("() => document.scrollingElement.scrollTop > 0", timeout=30_000)
+    assert page.evaluate(at_bottom)  # following the growing answer
+    page.mouse.wheel(0, -5000)  # the reader scrolls up to read
+    page.wait_for_function("() => document.scrollingElement.scrollTop === 0")
+    height = page.evaluate("document.scrollingElement.scrollHeight")
+    page.wait_for_function(f"() => document.scrollingElement.scrollHeight > {height} + 40")
+    assert page.evaluate("document.scrollingElement.scrollTop") == 0  # left where they were
+    wait_ended(page)
+
+
+def test_unknown_model_is_said_in_plain_words(browser: Any) -> None:
+    settings = Settings(routes=[Route(match="scripted*", provider="scripted")])
+    lone = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.001)}))
+    context = browser.new_context()
+    pg = context.new_page()
+    try:
+        open_page(pg, lone.url)
+        pg.evaluate(
+            """() => { const o = new Option('no-such-model', 'no-such-model');
+                       document.querySelector('#model').append(o); o.selected = true; }"""
+        )
+        ask(pg, "hello")
+        turn = wait_ended(pg)
+        shown = pg.inner_text(".turn.assistant .error")
+    finally:
+        context.close()
+        stop(lone)
+    assert turn["status"] == "error"
+    assert shown.startswith("That model is not available:") and "no-such-model" in shown
