@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -76,6 +77,12 @@ class Server:
             aws_secret_access_key="secret",
             config=Config(read_timeout=120, retries={"max_attempts": 1}, **config),
         )
+
+
+def serve_command(port: int, *flags: str) -> list[str]:
+    """`sluicegate serve` as a process on a free port, scripted provider for every model."""
+    return [sys.executable, "-m", "sluicegate", "serve", "--port", str(port),
+            "--route", "*=scripted", *flags]  # fmt: skip
 
 
 def serve(gateway: Gateway, *, tls: bool = False) -> Server:

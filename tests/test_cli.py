@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 from typer.testing import CliRunner
 
 from sluicegate.cli import app
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_command
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -51,16 +50,7 @@ def test_bad_flags_and_config_are_refused_clearly(tmp_path: Path) -> None:
 
 def test_serve_runs_as_a_process_and_stops_on_sigterm() -> None:
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "sluicegate",
-        "serve",
-        "--port",
-        str(port),
-        "--route",
-        "*=scripted",
-    ]
+    cmd = serve_command(port)
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -270,16 +271,23 @@ def test_phone_width_and_dark_mode(browser: Any, server: Server) -> None:
     assert r + g + b < 150, f"dark mode background is {background}"
 
 
-def test_server_down_is_said_in_plain_words(browser: Any) -> None:
-    settings = Settings(routes=[Route(match="*", provider="scripted")])
+@contextlib.contextmanager
+def lone_server(match: str) -> Iterator[Server]:
+    """A server of its own (scripted provider for `match`), for tests that break or stop it."""
+    settings = Settings(routes=[Route(match=match, provider="scripted")])
     lone = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.001)}))
-    context = browser.new_context()
-    pg = context.new_page()
     try:
-        open_page(pg, lone.url)
-        assert pg.input_value("#model") == "scripted"
+        yield lone
     finally:
         stop(lone)
+
+
+def test_server_down_is_said_in_plain_words(browser: Any) -> None:
+    context = browser.new_context()
+    pg = context.new_page()
+    with lone_server("*") as lone:
+        open_page(pg, lone.url)
+        assert pg.input_value("#model") == "scripted"
     pg.wait_for_selector("#notice:not([hidden])", timeout=20_000)
     notice = pg.inner_text("#notice")
     ask(pg, "anyone there?")
@@ -323,11 +331,9 @@ def test_view_follows_the_answer_unless_the_reader_scrolled_up(page: Page) -> No
 
 
 def test_unknown_model_is_said_in_plain_words(browser: Any) -> None:
-    settings = Settings(routes=[Route(match="scripted*", provider="scripted")])
-    lone = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.001)}))
     context = browser.new_context()
     pg = context.new_page()
-    try:
+    with lone_server("scripted*") as lone:
         open_page(pg, lone.url)
         pg.evaluate(
             """() => { const o = new Option('no-such-model', 'no-such-model');
@@ -336,8 +342,6 @@ def test_unknown_model_is_said_in_plain_words(browser: Any) -> None:
         ask(pg, "hello")
         turn = wait_ended(pg)
         shown = pg.inner_text(".turn.assistant .error")
-    finally:
-        context.close()
-        stop(lone)
+    context.close()
     assert turn["status"] == "error"
     assert shown.startswith("That model is not available:") and "no-such-model" in shown

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -18,7 +17,7 @@ import websockets
 from sluicegate.config import Route, Settings, WebSocketSettings, relaxed
 from sluicegate.gateway import Gateway
 from sluicegate.providers.scripted import ScriptedProvider
-from tests.conftest import Server, free_port, serve, stop
+from tests.conftest import Server, free_port, serve, serve_command, stop
 
 KIB = 1024
 
@@ -92,8 +91,7 @@ def cli_server(request: pytest.FixtureRequest) -> Iterator[str]:
     """`sluicegate serve` as a process, with the flags a test parametrizes it with."""
     port = free_port()
     flags: list[str] = getattr(request, "param", [])
-    cmd = [sys.executable, "-m", "sluicegate", "serve", "--port", str(port), *flags]
-    cmd += ["--route", "*=scripted"]
+    cmd = serve_command(port, *flags)
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )

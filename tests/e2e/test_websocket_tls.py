@@ -9,7 +9,6 @@ import re
 import signal
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import websockets
 from sluicegate.config import Route, Settings, WebSocketSettings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.scripted import ScriptedProvider
-from tests.conftest import Server, free_port, serve, stop
+from tests.conftest import Server, free_port, serve, serve_command, stop
 
 # The handler of the AWS samples, unchanged: its endpoint comes from the event, not from the
 # environment, so only a listener at https://{domainName} that it trusts can serve it.
@@ -122,17 +121,9 @@ def test_sluicegate_serve_tls_port(tmp_path: Path) -> None:
     """The command line: the sample reaches its client, and the certificate goes at the end."""
     (tmp_path / "sample.py").write_text(HANDLERS)
     port, tls_port = free_port(), free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "sluicegate",
-        "serve",
-        "--port",
-        str(port),
-        "--route",
-        "*=scripted",
-    ]
-    cmd += ["--tls-port", str(tls_port), "--ws-route", "sendmessage=sample.py:send_message"]
+    cmd = serve_command(
+        port, "--tls-port", str(tls_port), "--ws-route", "sendmessage=sample.py:send_message"
+    )
     env = {**os.environ, "COLUMNS": "300"}
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
