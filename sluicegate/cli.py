@@ -241,6 +241,7 @@ def _serve(
     for provider in gateway.providers.values():
         console.print(f"[green]ready[/green] {provider.describe()}")
     base = f"{settings.host}:{settings.port}"
+    console.print(f"Code generation page: [bold]http://{base}/[/bold]")
     console.print(f"Bedrock Runtime endpoint: [bold]http://{base}[/bold]")
     console.print(f"WebSocket API: [bold]ws://{base}/{settings.websocket.stage}[/bold]")
     if cert is not None:

@@ -85,9 +85,10 @@ def serve_command(port: int, *flags: str) -> list[str]:
             "--route", "*=scripted", *flags]  # fmt: skip
 
 
-def serve(gateway: Gateway, *, tls: bool = False) -> Server:
-    """Serve on free ports; `tls` adds the TLS listener (its certificate in a temporary folder)."""
-    port = free_port()
+def serve(gateway: Gateway, *, tls: bool = False, port: int | None = None) -> Server:
+    """Serve on free ports (or `port`); `tls` adds the TLS listener (its certificate in a
+    temporary folder)."""
+    port = port or free_port()
     listen = {"port": port, "tls_port": free_port() if tls else None}
     gateway.settings = gateway.settings.model_copy(update=listen)
     cert = None

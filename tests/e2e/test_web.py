@@ -272,10 +272,10 @@ def test_phone_width_and_dark_mode(browser: Any, server: Server) -> None:
 
 
 @contextlib.contextmanager
-def lone_server(match: str) -> Iterator[Server]:
+def lone_server(match: str, port: int | None = None) -> Iterator[Server]:
     """A server of its own (scripted provider for `match`), for tests that break or stop it."""
     settings = Settings(routes=[Route(match=match, provider="scripted")])
-    lone = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.001)}))
+    lone = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.001)}), port=port)
     try:
         yield lone
     finally:
@@ -345,3 +345,23 @@ def test_unknown_model_is_said_in_plain_words(browser: Any) -> None:
     context.close()
     assert turn["status"] == "error"
     assert shown.startswith("That model is not available:") and "no-such-model" in shown
+
+
+def test_an_answer_lost_in_a_server_restart_is_marked_interrupted(browser: Any) -> None:
+    context = browser.new_context()
+    pg = context.new_page()
+    with lone_server("*") as first:
+        open_page(pg, first.url)
+        ask(pg, "sluicegate:delay-ms=50 long answer")
+        wait_tokens(pg, 5)
+        port = int(first.url.rsplit(":", 1)[1])
+    with lone_server("*", port=port):  # restarted: it never heard of that generation
+        turn = wait_ended(pg)
+        shown = pg.inner_text(".turn.assistant .error")
+        badge = pg.inner_text(".turn.assistant .badge")
+        ask(pg, "still there?")
+        after = wait_ended(pg)
+    context.close()
+    assert turn["status"] == "interrupted" and turn["seq"] >= 5 and turn["text"]
+    assert badge == "Interrupted" and "no longer has the rest of this answer" in shown
+    assert after["status"] == "done" and after["text"].startswith("You said: still there?")
