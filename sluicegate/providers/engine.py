@@ -210,6 +210,14 @@ class Engine:
                 return seq.decoded
         return self.recent.get(key)
 
+    def kv_bytes(self) -> int:
+        """Memory the KV cache takes (f16 keys and values, every layer, every cell)."""
+        m = self.model.model
+        heads, kv_heads = llama_cpp.llama_model_n_head(m), llama_cpp.llama_model_n_head_kv(m)
+        per_cell = llama_cpp.llama_model_n_layer(m) * 2 * llama_cpp.llama_model_n_embd(m)
+        cells = self.config.n_ctx * (1 if self._unified else self.config.n_parallel + 1)
+        return int(cells * per_cell * kv_heads // heads * 2)
+
     def kv_cells_used(self) -> int:
         """Cells that sequences hold in the KV cache (0 when idle: nothing leaked)."""
         mem = llama_cpp.llama_get_memory(self.ctx.ctx)

@@ -118,7 +118,7 @@ class LocalProvider:
         return (
             f"local: {name} ({self.path}{converted}), "
             f"context {self.engine.n_ctx_seq} per sequence, {cfg.n_parallel} parallel sequences, "
-            f"{cfg.n_ctx} KV cells, {cfg.n_threads} threads"
+            f"{cfg.kv} KV cache ({self.engine.kv_bytes() / 1e6:.0f} MB), {cfg.n_threads} threads"
         )
 
     def close(self) -> None:

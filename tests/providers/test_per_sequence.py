@@ -67,3 +67,9 @@ def test_prefix_reuse_copies_buffers_and_changes_nothing(
     [again] = run(engine, [seq(local, "What is a tide?", 40, temperature=0.0)])
     assert engine.stats.prefix_tokens_reused - reused_before >= 2 * 40  # system prompt, twice
     assert again == fresh
+
+
+def test_memory_figure_counts_a_buffer_per_sequence(local: LocalProvider, engine: Engine) -> None:
+    per_cell = 30 * 2 * 192 * 2  # SmolLM2-135M: 30 layers, keys and values of 3 x 64, f16
+    assert local.engine.kv_bytes() == 8192 * per_cell  # unified: the cells all share
+    assert engine.kv_bytes() == (8 + 1) * 1024 * per_cell  # 8 sequences and the prefix cache
