@@ -365,3 +365,25 @@ def test_an_answer_lost_in_a_server_restart_is_marked_interrupted(browser: Any) 
     assert turn["status"] == "interrupted" and turn["seq"] >= 5 and turn["text"]
     assert badge == "Interrupted" and "no longer has the rest of this answer" in shown
     assert after["status"] == "done" and after["text"].startswith("You said: still there?")
+
+
+def test_stop_pressed_while_disconnected_is_sent_after_the_reconnect(
+    page: Page, server: Server
+) -> None:
+    ask(page, "sluicegate:delay-ms=60 a long one", model="scripted")
+    wait_tokens(page, 3)
+    owner = page.evaluate("sluicegate.state.owner")
+    [conn] = [c.id for c in server.app.state.connections.by_id.values() if c.owner == owner]
+    # Reconnects go nowhere for now (as when the network is down), then the server drops us.
+    page.evaluate(
+        "() => { window.url = sluicegate.link.url; sluicegate.link.url = 'ws://127.0.0.1:9/ws'; }"
+    )
+    server.management().delete_connection(ConnectionId=conn)
+    page.wait_for_selector("#link:not([data-state=ok])")
+    page.get_by_role("button", name="Stop").click()
+    assert "Stopping" in page.inner_text(".turn.assistant .badge")
+    page.evaluate("() => { sluicegate.link.url = window.url; }")
+    turn = wait_ended(page)
+    gen = generation(server, page, turn["id"])
+    assert turn["status"] == "stopped" and gen.stop_reason == "cancelled"
+    assert turn["text"] == server_text(gen) and turn["seq"] < 64
