@@ -28,8 +28,17 @@ def load_user_routes(settings: Settings) -> dict[str, handlers.Handler]:
     specs.update({f"fn:{name}": f.handler for name, f in settings.functions.items()})
     if specs and not settings.handlers_call_aws:
         base = f"http://{settings.public_host}"
-        os.environ.update(handlers.handler_environment(base, settings.websocket.stage))
+        env = handlers.handler_environment(base, settings.websocket.stage, settings.api_key)
+        os.environ.update(env)
     return {key: handlers.load_handler(spec) for key, spec in specs.items()}
+
+
+def _signing_secrets() -> list[str]:
+    """Secrets a SigV4-signed @connections call may be signed with, besides the api_key: the
+    one handlers (and the user's own clients) find in the environment, unless it is our
+    public placeholder."""
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    return [secret] if secret and secret != "sluicegate" else []
 
 
 def create_app(
@@ -67,7 +76,7 @@ def create_app(
             *bedrock.routes(),
             *metrics.routes(),
             ws_api.route(),
-            *connections_api(connections, ws.stage, gateway.settings.api_key),
+            *connections_api(connections, ws.stage, gateway.settings.api_key, _signing_secrets()),
             *fns.routes(),
             *web.routes(),
         ],

@@ -5,12 +5,17 @@
     DELETE /{stage}/@connections/{id}   closes the socket                     204
 
 Never open to anyone: a request must be SigV4-signed (as boto3 signs it) or carry the key.
+With `api_key` configured, a signature must verify with the key as the secret access key
+(handlers get it as AWS_SECRET_ACCESS_KEY unless the environment has one, which is then
+accepted too), so a forged Authorization header gets nowhere; without a key, any SigV4-signed
+request is let in (local use, whatever the caller's keys).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from starlette.requests import Request
@@ -19,20 +24,27 @@ from starlette.routing import Route
 
 from sluicegate import errors
 from sluicegate.bus.memory import Connections
-from sluicegate.routes.aws import error_response
+from sluicegate.routes.aws import error_response, sigv4_valid
 
 MAX_DATA = 128 * 1024
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request, bytes, Connections], Awaitable[Response]]
 
 
-def connections_api(connections: Connections, stage: str, api_key: str | None) -> list[Route]:
-    def guarded(endpoint: Callable[[Request, Connections], Awaitable[Response]]) -> Endpoint:
+def connections_api(
+    connections: Connections, stage: str, api_key: str | None, secrets: Sequence[str] = ()
+) -> list[Route]:
+    """The routes; with `api_key`, SigV4 calls must verify with it or one of `secrets`."""
+    accepted = [api_key, *secrets] if api_key else []
+
+    def guarded(endpoint: Handler) -> Endpoint:
         @functools.wraps(endpoint)
         async def wrapped(request: Request) -> Response:
             try:
-                _authorize(request, api_key)
-                return await endpoint(request, connections)
+                body = await _body(request)
+                _authorize(request, body, api_key, accepted)
+                return await endpoint(request, body, connections)
             except errors.SluicegateError as exc:
                 return error_response(exc)
 
@@ -46,30 +58,39 @@ def connections_api(connections: Connections, stage: str, api_key: str | None) -
     ]
 
 
-def _authorize(request: Request, api_key: str | None) -> None:
-    auth = request.headers.get("authorization", "")
-    if auth.startswith("AWS4-HMAC-SHA256 ") and "Credential=" in auth:
-        return
-    if api_key and auth == f"Bearer {api_key}":
-        return
-    raise errors.Forbidden("Forbidden: sign the request with SigV4 or send the configured key.")
-
-
-async def post(request: Request, connections: Connections) -> Response:
-    conn = connections.get(request.path_params["connection_id"])
+async def _body(request: Request) -> bytes:
+    """The body, read no further than the limit (before authorization, which signs it)."""
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
         if len(data) > MAX_DATA:
             raise errors.MessageTooLarge(f"Data is over {MAX_DATA} bytes.")
+    return bytes(data)
+
+
+def _authorize(request: Request, body: bytes, api_key: str | None, secrets: list[str]) -> None:
+    auth = request.headers.get("authorization", "")
+    if api_key and hmac.compare_digest(auth.encode(), f"Bearer {api_key}".encode()):
+        return
+    if auth.startswith("AWS4-HMAC-SHA256 "):
+        if not api_key and "Credential=" in auth:
+            return
+        if any(sigv4_valid(request, body, secret) for secret in secrets):
+            return
+        raise errors.Forbidden("Forbidden: the SigV4 signature does not match the configured key.")
+    raise errors.Forbidden("Forbidden: sign the request with SigV4 or send the configured key.")
+
+
+async def post(request: Request, body: bytes, connections: Connections) -> Response:
+    conn = connections.get(request.path_params["connection_id"])
     try:
-        conn.send(bytes(data).decode("utf-8"))
+        conn.send(body.decode("utf-8"))
     except UnicodeDecodeError:
-        conn.send(bytes(data))
+        conn.send(body)
     return Response(status_code=200)
 
 
-async def get(request: Request, connections: Connections) -> Response:
+async def get(request: Request, body: bytes, connections: Connections) -> Response:
     conn = connections.get(request.path_params["connection_id"])
     return JSONResponse(
         {
@@ -80,7 +101,7 @@ async def get(request: Request, connections: Connections) -> Response:
     )
 
 
-async def delete(request: Request, connections: Connections) -> Response:
+async def delete(request: Request, body: bytes, connections: Connections) -> Response:
     connections.get(request.path_params["connection_id"]).close()
     return Response(status_code=204)
 
