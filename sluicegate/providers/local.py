@@ -94,7 +94,11 @@ class LocalProvider:
         self.metadata = self.model.metadata()
         self.weights = model_path
         if q8_0 and int(self.metadata.get("general.file_type", -1)) not in FAST_TYPES:
-            self.weights = q8_0_weights(model_path)
+            try:
+                self.weights = q8_0_weights(model_path)
+            except (OSError, RuntimeError) as exc:  # e.g. no writable cache directory
+                log.warning("serving %s as it is: no Q8_0 copy (%s)", model_path.name, exc)
+        if self.weights != model_path:
             self.model.close()  # type: ignore[no-untyped-call]
             self.model = llm.LlamaModel(path_model=str(self.weights), params=params, verbose=False)
         self.engine = Engine(self.model, config)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import llama_cpp
+import pytest
 from llama_cpp import _internals as llm
 
-from sluicegate.providers.local import embedded_model_path, q8_0_weights
+from sluicegate.providers.engine import EngineConfig
+from sluicegate.providers.local import LocalProvider, embedded_model_path, q8_0_weights
 
 
 def file_type(path: Path) -> int:
@@ -34,3 +36,19 @@ def test_served_model_is_the_converted_one(local: object) -> None:
     weights = local.weights  # type: ignore[attr-defined]
     assert weights.name.endswith(".q8_0.gguf") and file_type(weights) == 7
     assert "weights as Q8_0" in local.describe()  # type: ignore[attr-defined]
+
+
+def test_without_a_writable_cache_the_file_is_served_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    provider = LocalProvider(
+        embedded_model_path(), EngineConfig(n_ctx=512, n_parallel=1), q8_0=True
+    )
+    try:
+        assert provider.weights == embedded_model_path()
+        assert "as it is" in caplog.text and "Q8_0" not in provider.describe()
+    finally:
+        provider.close()
