@@ -98,6 +98,11 @@ class LimitExceeded(SluicegateError):
     aws = "LimitExceededException"
 
 
+class InvalidSignature(SluicegateError):
+    status = 403
+    aws = "InvalidSignatureException"
+
+
 class Cancelled(SluicegateError):
     status = 499
 

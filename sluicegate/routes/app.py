@@ -49,6 +49,7 @@ def create_app(
     loaded = load_user_routes(gateway.settings) if user_routes is None else user_routes
     fns = Functions(gateway.settings, {k[3:]: h for k, h in loaded.items() if k.startswith("fn:")})
     connections = Connections()
+    api_key, secrets = gateway.settings.api_key, _signing_secrets()
     ws_api = WebSocketApi(
         gateway,
         connections,
@@ -76,7 +77,7 @@ def create_app(
             *bedrock.routes(),
             *metrics.routes(),
             ws_api.route(),
-            *connections_api(connections, ws.stage, gateway.settings.api_key, _signing_secrets()),
+            *connections_api(connections, ws.stage, api_key, secrets),
             *fns.routes(),
             *web.routes(),
         ],
@@ -84,6 +85,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    app.state.signing_secrets = [api_key, *secrets] if api_key else []
     app.state.connections = connections
     app.state.websocket = ws_api
     return app

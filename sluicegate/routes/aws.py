@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -42,6 +43,27 @@ SIGV4 = re.compile(
     r"Signature=(?P<signature>[0-9a-f]{64})$"
 )
 CLOCK_SKEW = datetime.timedelta(minutes=15)  # as AWS: older or newer signatures are refused
+
+
+def require_signature(request: Request, body: bytes) -> None:
+    """With an api_key configured, an AWS API call must prove it knows the key (`authorized`)."""
+    api_key = request.app.state.gateway.settings.api_key
+    if api_key and not authorized(request, body, api_key, request.app.state.signing_secrets):
+        raise errors.InvalidSignature(
+            "The request signature we calculated does not match the signature you provided: "
+            "sign with the configured api_key as the secret access key."
+        )
+
+
+def authorized(request: Request, body: bytes, api_key: str, secrets: Sequence[str]) -> bool:
+    """A request that carries the key as a Bearer token, or a SigV4 signature that verifies
+    with one of `secrets` (the key, and any secret handlers find in their environment)."""
+    auth = request.headers.get("authorization", "")
+    if hmac.compare_digest(auth.encode(), f"Bearer {api_key}".encode()):
+        return True
+    return auth.startswith("AWS4-HMAC-SHA256 ") and any(
+        sigv4_valid(request, body, secret) for secret in secrets
+    )
 
 
 def sigv4_valid(request: Request, body: bytes, secret: str) -> bool:

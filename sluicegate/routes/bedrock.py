@@ -22,7 +22,7 @@ from sluicegate.codecs import eventstream
 from sluicegate.events import ChatRequest, ErrorEvent, Event, MessageDelta, MessageStop
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
-from sluicegate.routes.aws import caller, error_response
+from sluicegate.routes.aws import caller, error_response, require_signature
 from sluicegate.routes.streaming import StreamResponse, wait_or_disconnect
 from sluicegate.translate import anthropic, converse
 
@@ -44,7 +44,8 @@ def bedrock_errors(endpoint: Endpoint) -> Endpoint:
 
 
 async def read_body(request: Request) -> bytes:
-    """The request body, refused as soon as it passes the configured limit (25 MB)."""
+    """The request body, refused as soon as it passes the configured limit (25 MB), then
+    checked against the api_key's signature when one is configured."""
     limit: int = gateway_of(request).settings.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -54,6 +55,7 @@ async def read_body(request: Request) -> bytes:
         body += chunk
         if len(body) > limit:
             raise _too_large(len(body), limit)
+    require_signature(request, bytes(body))
     return bytes(body)
 
 

@@ -14,7 +14,6 @@ request is let in (local use, whatever the caller's keys).
 from __future__ import annotations
 
 import functools
-import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
@@ -24,7 +23,7 @@ from starlette.routing import Route
 
 from sluicegate import errors
 from sluicegate.bus.memory import Connections
-from sluicegate.routes.aws import error_response, sigv4_valid
+from sluicegate.routes.aws import authorized, error_response
 
 MAX_DATA = 128 * 1024
 
@@ -70,15 +69,15 @@ async def _body(request: Request) -> bytes:
 
 def _authorize(request: Request, body: bytes, api_key: str | None, secrets: list[str]) -> None:
     auth = request.headers.get("authorization", "")
-    if api_key and hmac.compare_digest(auth.encode(), f"Bearer {api_key}".encode()):
-        return
-    if auth.startswith("AWS4-HMAC-SHA256 "):
-        if not api_key and "Credential=" in auth:
+    if api_key is None:
+        if auth.startswith("AWS4-HMAC-SHA256 ") and "Credential=" in auth:
             return
-        if any(sigv4_valid(request, body, secret) for secret in secrets):
-            return
-        raise errors.Forbidden("Forbidden: the SigV4 signature does not match the configured key.")
-    raise errors.Forbidden("Forbidden: sign the request with SigV4 or send the configured key.")
+        raise errors.Forbidden("Forbidden: sign the request with SigV4 (as boto3 does).")
+    if not authorized(request, body, api_key, secrets):
+        raise errors.Forbidden(
+            "Forbidden: sign the request with SigV4 using the configured key as the secret, "
+            "or send it as a Bearer token."
+        )
 
 
 async def post(request: Request, body: bytes, connections: Connections) -> Response:

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from sluicegate import errors, functions, handlers
 from sluicegate.codecs import eventstream
 from sluicegate.config import FunctionSettings, Settings
-from sluicegate.routes.aws import error_response
+from sluicegate.routes.aws import error_response, require_signature
 from sluicegate.routes.streaming import StreamResponse
 from sluicegate.translate import lambda_events
 
@@ -137,11 +137,14 @@ class Functions:
         try:
             name = request.path_params["name"]
             config, handler = self.get(name)
-            event = _payload(await request.body())
+            body = await request.body()
+            require_signature(request, body)
+        except (errors.NotFound, errors.InvalidSignature) as exc:
+            return error_response(exc)
+        try:
+            event = _payload(body)
             context = handlers.LambdaContext(name, config.timeout_seconds)
             value = await handlers.call(handler, event, context)
-        except errors.NotFound as exc:
-            return error_response(exc)
         except Exception as exc:
             log.exception("function %s failed", request.path_params["name"])
             return JSONResponse(
@@ -161,9 +164,11 @@ class Functions:
         try:
             name = request.path_params["name"]
             config, handler = self.get(name)
-        except errors.NotFound as exc:
+            body = await request.body()
+            require_signature(request, body)
+        except (errors.NotFound, errors.InvalidSignature) as exc:
             return error_response(exc)
-        event = _payload(await request.body())
+        event = _payload(body)
         context = handlers.LambdaContext(name, config.timeout_seconds)
         headers = {"X-Amz-Executed-Version": "$LATEST"}
         return StreamResponse(_payload_chunks(name, handler, event, context), EVENTSTREAM, headers)
@@ -217,7 +222,7 @@ def _payload(raw: bytes) -> Any:
         return {}
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return raw.decode("utf-8", "replace")
 
 

@@ -118,7 +118,7 @@ class WebSocketApi:
         """Route one message; every failure is answered, and the connection stays usable."""
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: hostile nesting
             self._default(conn, raw, wire.error(None, "BadRequest", "Messages must be JSON."))
             return
         key = _select(body, self.route_path)

@@ -51,6 +51,8 @@ def parse_json(raw: bytes) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise malformed(f"the body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise malformed("the body nests too deeply") from None
 
 
 def parse_body(model: str, raw: bytes) -> ChatRequest:

@@ -1,4 +1,6 @@
-"""@connections with an api_key: SigV4 signatures are verified, forged ones get 403."""
+"""With an api_key, every AWS door verifies SigV4 signatures: @connections, Bedrock Runtime and
+the Lambda API. Forged, stale, tampered or wrongly keyed calls get 403; handlers' own boto3
+clients (which find the key in their environment) get through."""
 
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
 
-from sluicegate.config import Route, Settings
+from sluicegate.config import FunctionSettings, Route, Settings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.scripted import ScriptedProvider
 from tests.conftest import Server, serve, stop
@@ -25,12 +28,43 @@ from tests.conftest import Server, serve, stop
 KEY = "k3y-for-tests"
 
 
+HANDLERS = """
+import boto3, json
+
+def echo(event, context):
+    return {"got": event}
+
+def ask(event, context):
+    # a handler as published: the client takes its endpoint and keys from the environment
+    client = boto3.client("bedrock-runtime")
+    body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 4,
+            "messages": [{"role": "user", "content": "hi"}]}
+    out = client.invoke_model(modelId="scripted", body=json.dumps(body))
+    return json.loads(out["body"].read())["content"][0]["text"]
+"""
+
+
 @pytest.fixture(scope="module")
-def keyed() -> Iterator[Server]:
-    settings = Settings(routes=[Route(match="*", provider="scripted")], api_key=KEY)
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    path = tmp_path_factory.mktemp("keyed") / "keyed.py"
+    path.write_text(HANDLERS)
+    functions = {n: FunctionSettings(handler=f"{path}:{n}") for n in ("echo", "ask")}
+    routes = [Route(match="*", provider="scripted")]
+    settings = Settings(routes=routes, api_key=KEY, functions=functions)
     s = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.001)}))
     yield s
     stop(s)
+
+
+def client(server: Server, service: str, secret: str) -> Any:
+    return boto3.client(
+        service,
+        region_name="eu-west-1",
+        endpoint_url=server.url,
+        aws_access_key_id="ANYKEYID",
+        aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": 1}),
+    )
 
 
 def management(server: Server, secret: str) -> Any:
@@ -41,7 +75,7 @@ def management(server: Server, secret: str) -> Any:
         aws_access_key_id="ANYKEYID",
         aws_secret_access_key=secret,
         config=Config(retries={"max_attempts": 1}),
-    )
+    )  # fmt: skip
 
 
 def with_connection(server: Server, work: Any) -> list[Any]:
@@ -125,3 +159,41 @@ def test_stale_or_tampered_signatures_are_refused(keyed: Server) -> None:
 
     assert with_connection(keyed, work) == [{"n": 5}]
     assert statuses == [200, 403, 403]  # signed as sent; body changed; an hour old
+
+
+def test_bedrock_runtime_verifies_signatures(keyed: Server) -> None:
+    body = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 3,
+                       "messages": [{"role": "user", "content": "hello"}]})  # fmt: skip
+    good = client(keyed, "bedrock-runtime", KEY)
+    out = json.loads(good.invoke_model(modelId="scripted", body=body)["body"].read())
+    assert out["content"][0]["text"].startswith("You said")
+    events = good.invoke_model_with_response_stream(modelId="scripted", body=body)["body"]
+    assert any("chunk" in e for e in events)
+    bad = client(keyed, "bedrock-runtime", "not-the-key")
+    with pytest.raises(ClientError) as caught:
+        bad.invoke_model(modelId="scripted", body=body)
+    error = caught.value.response
+    assert error["Error"]["Code"] == "InvalidSignatureException"
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
+    unsigned = httpx.post(f"{keyed.url}/model/scripted/invoke", content=body)
+    assert unsigned.status_code == 403
+    assert keyed.gateway.generations and all(
+        g.request.messages[-1].text == "hello" for g in keyed.gateway.generations.values()
+    )  # only the signed calls reached a model
+
+
+def test_the_lambda_api_verifies_signatures_and_handlers_get_through(keyed: Server) -> None:
+    lam = client(keyed, "lambda", KEY)
+    out = lam.invoke(FunctionName="echo", Payload=b'{"a": 1}')
+    assert json.loads(out["Payload"].read()) == {"got": {"a": 1}}
+    # The handler's own boto3 client signs with the key it finds in its environment.
+    out = lam.invoke(FunctionName="ask", Payload=b"{}")
+    assert "FunctionError" not in out and json.loads(out["Payload"].read()).startswith("You said")
+    bad = client(keyed, "lambda", "not-the-key")
+    for call in (
+        lambda: bad.invoke(FunctionName="echo", Payload=b"{}"),
+        lambda: bad.invoke_with_response_stream(FunctionName="echo", Payload=b"{}"),
+    ):
+        with pytest.raises(ClientError) as caught:
+            call()
+        assert caught.value.response["Error"]["Code"] == "InvalidSignatureException"
