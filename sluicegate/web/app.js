@@ -245,10 +245,20 @@ function addTurn(turn) {
   badge.className = "badge";
   const figures = document.createElement("span");
   figures.className = "figures";
-  foot.append(badge, figures);
+  // What streaming buys, drawn: the wait for the first token against the whole answer.
+  const timeline = document.createElement("div");
+  timeline.className = "timeline";
+  timeline.setAttribute("role", "img");
+  const wait = document.createElement("span");
+  wait.className = "wait";
+  timeline.append(wait, document.createElement("span"));
+  const line = document.createElement("div");
+  line.className = "line";
+  line.append(badge, figures);
+  foot.append(line, timeline);
   li.append(answer, foot);
   const md = new MarkdownStream(answer, { onCopy: copy });
-  views.set(turn, { li, md, figures, badge });
+  views.set(turn, { li, md, figures, badge, timeline, wait });
   stickToBottom(() => {
     ui.turns.append(li);
     if (turn.text) md.push(turn.text);
@@ -338,6 +348,23 @@ function renderFigures(turn) {
     parts.push(`stop: ${turn.stopReason}${REASONS[turn.stopReason] && turn.stopReason !== "cancelled" ? ` (${REASONS[turn.stopReason]})` : ""}`);
   }
   v.figures.textContent = parts.join(" · ");
+  drawTimeline(turn, v);
+}
+
+function drawTimeline(turn, v) {
+  let first = null;
+  let total = null;
+  if (turn.status === "streaming" && turn.sentAt) {
+    total = Date.now() - turn.sentAt;
+    first = turn.firstAt ? turn.firstAt - turn.sentAt : total;
+  } else if (turn.metrics?.duration_ms && turn.metrics.ttft_ms != null) {
+    [first, total] = [turn.metrics.ttft_ms, turn.metrics.duration_ms];
+  }
+  v.timeline.hidden = !total;
+  if (!total) return;
+  v.wait.style.width = `${Math.max(1, Math.min(100, (100 * first) / total))}%`;
+  v.timeline.setAttribute("aria-label", `first token after ${ms(first)} of ${ms(total)}`);
+  v.timeline.title = `text on screen after ${ms(first)}; the whole answer took ${ms(total)}`;
 }
 
 const ms = (t) => (t < 1000 ? `${Math.round(t)} ms` : `${(t / 1000).toFixed(1)} s`);

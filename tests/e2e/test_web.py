@@ -112,6 +112,16 @@ def test_answer_grows_over_many_updates_and_ends_with_figures(page: Page, server
     for shown in ("first token", "tok/s", f"{gen.usage.input_tokens} in", "out", "total", "stop:"):
         assert shown in figures, figures
     assert page.is_visible("#send") and not page.is_visible("#stop")
+    # The timeline bar: the wait for the first token, to scale against the whole answer.
+    share = page.evaluate(
+        """() => { const t = document.querySelector('.turn.assistant .timeline');
+                   const width = (e) => e.getBoundingClientRect().width;
+                   return width(t.firstChild) / width(t); }"""
+    )
+    m = turn["metrics"]
+    assert abs(share - max(0.01, m["ttft_ms"] / m["duration_ms"])) < 0.02
+    label = page.get_attribute(".turn.assistant .timeline", "aria-label") or ""
+    assert label.startswith("first token after ")
 
 
 def test_stop_button_stops_the_model(page: Page, server: Server) -> None:
