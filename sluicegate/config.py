@@ -38,6 +38,7 @@ class EngineSettings(Strict):
     n_ctx: int = Field(8192, ge=256)
     n_parallel: int = Field(32, ge=1, le=256)
     kv: Literal["unified", "per-sequence"] = "unified"  # see providers/engine.EngineConfig
+    solo: bool = True  # a lone sequence decodes on the shipped weights (see providers/engine)
     n_batch: int = Field(512, ge=32)
     prefill_chunk: int = Field(128, ge=1)
     n_threads: int = Field(2, ge=1)

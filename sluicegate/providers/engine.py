@@ -7,6 +7,10 @@ llama.cpp's `llama_batch` with per-sequence ids and per-sequence KV cache remova
 
 Other threads talk to the engine only through `submit` and `cancel`; a cancelled sequence is
 dropped before the next step and its KV cells are freed.
+
+A sequence that decodes alone may move to a solo lane: a second context on weights that are
+faster one token at a time (the shipped Q4_1 file, where the batch runs on Q8_0). Its KV cells
+move with it (a few ms), and move back as soon as another request arrives.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class EngineConfig:
     # times the memory); attention then spans only a sequence's own cells, which is faster
     # with long contexts, and a sequence's text no longer depends on its batch neighbours.
     kv: Literal["unified", "per-sequence"] = "unified"
+    # Let a lone decoding sequence use the solo lane, when the engine is given one.
+    solo: bool = True
     n_batch: int = 512
     # Prompt tokens processed per step: running streams wait for at most this much prefill.
     prefill_chunk: int = 128
@@ -103,6 +109,7 @@ class EngineStats:
     cancelled: int = 0
     preempted: int = 0
     prefix_tokens_reused: int = 0
+    solo_moves: int = 0  # sequences moved into or out of the solo lane
 
 
 def silence_llama_logs() -> None:
@@ -115,10 +122,68 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
 
+class SoloLane:
+    """A one-sequence context on other weights, for a sequence that decodes alone."""
+
+    def __init__(self, model: llm.LlamaModel, n_ctx: int, n_threads: int) -> None:
+        p = llama_cpp.llama_context_default_params()
+        p.n_ctx, p.n_seq_max, p.n_batch, p.n_ubatch = n_ctx, 1, 64, 64
+        p.n_threads = p.n_threads_batch = n_threads
+        p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.no_perf = True
+        self.ctx = llm.LlamaContext(model=model, params=p, verbose=False)
+        self.batch = llm.LlamaBatch(n_tokens=64, embd=0, n_seq_max=1, verbose=False)
+        self.seq: Sequence | None = None
+
+    def enter(self, ctx: Any, seq: Sequence) -> None:
+        """Take `seq` in, with a copy of its cells (they stay in `ctx` too: its retained
+        prompt is still found there)."""
+        self.clear()
+        _move_cells(ctx, seq.slot, self.ctx.ctx, 0)
+        self.seq = seq
+
+    def leave(self, ctx: Any) -> None:
+        """Give the sequence back to `ctx` with every cell it has now."""
+        assert self.seq is not None
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), self.seq.slot, -1, -1)
+        _move_cells(self.ctx.ctx, 0, ctx, self.seq.slot)
+        self.clear()
+
+    def clear(self) -> None:
+        # The cells' metadata only: wiping the buffer itself (data=True) costs tens of ms.
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx.ctx), False)
+        self.seq = None
+
+    def decode(self) -> None:
+        """One token for the lone sequence."""
+        seq, b = self.seq, self.batch.batch
+        assert seq is not None
+        _put(b, 0, seq.tokens[seq.n_past], seq.n_past, [0], True)
+        b.n_tokens = 1
+        rc = llama_cpp.llama_decode(self.ctx.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc} in the solo lane")
+        seq.n_past += 1
+
+    def cells(self) -> int:
+        mem = llama_cpp.llama_get_memory(self.ctx.ctx)
+        return int(llama_cpp.llama_memory_seq_pos_max(mem, 0) + 1)
+
+
+def _move_cells(src: Any, src_seq: int, dst: Any, dst_seq: int) -> None:
+    size = llama_cpp.llama_state_seq_get_size(src, src_seq)
+    buf = (ctypes.c_uint8 * size)()
+    written = llama_cpp.llama_state_seq_get_data(src, buf, size, src_seq)
+    if written == 0 or llama_cpp.llama_state_seq_set_data(dst, buf, written, dst_seq) == 0:
+        raise RuntimeError("could not move a sequence's KV cells between contexts")
+
+
 class Engine:
     """The scheduler thread around one llama context; see the module docstring."""
 
-    def __init__(self, model: llm.LlamaModel, config: EngineConfig) -> None:
+    def __init__(
+        self, model: llm.LlamaModel, config: EngineConfig, solo_model: llm.LlamaModel | None = None
+    ) -> None:
         self.model = model
         self.config = config
         self.n_ctx_seq = min(config.n_ctx, model.n_ctx_train())
@@ -128,6 +193,9 @@ class Engine:
         self.batch = llm.LlamaBatch(
             n_tokens=config.n_batch, embd=0, n_seq_max=config.n_parallel + 1, verbose=False
         )
+        self.solo: SoloLane | None = None
+        if solo_model is not None and config.solo and self._unified:
+            self.solo = SoloLane(solo_model, self.n_ctx_seq, config.n_threads)
         self.stats = EngineStats()
         self.recent: dict[str, int] = {}
         self._buf = ctypes.create_string_buffer(256)
@@ -153,6 +221,10 @@ class Engine:
             b.n_tokens = size
             llama_cpp.llama_decode(self.ctx.ctx, b)
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx.ctx), True)
+        if self.solo is not None:
+            self.solo.seq = Sequence("warm-up", [self.model.token_bos()], Sampling(1), _ignore)
+            self.solo.decode()
+            self.solo.clear()
 
     @staticmethod
     def _params(config: EngineConfig) -> Any:
@@ -221,9 +293,10 @@ class Engine:
     def kv_cells_used(self) -> int:
         """Cells that sequences hold in the KV cache (0 when idle: nothing leaked)."""
         mem = llama_cpp.llama_get_memory(self.ctx.ctx)
-        return sum(
+        used = sum(
             llama_cpp.llama_memory_seq_pos_max(mem, s) + 1 for s in range(self.config.n_parallel)
         )
+        return int(used) + (self.solo.cells() if self.solo is not None else 0)
 
     def close(self) -> None:
         with self._cv:
@@ -282,6 +355,8 @@ class Engine:
         return sum(s.n_past + 1 for s in self._running) + len(self._cache_tokens)
 
     def _step(self) -> None:
+        if self.solo is not None and self._solo_step(self.solo):
+            return
         if self._kv_needed() > self._kv_cells:
             self.drop_prefix_cache()
         while self._kv_needed() > self._kv_cells and len(self._running) > 1:
@@ -293,6 +368,24 @@ class Engine:
         self.stats.steps += 1
         for i, seq in outputs:
             self._sample(seq, i)
+
+    def _solo_step(self, solo: SoloLane) -> bool:
+        """Run this step in the solo lane if one sequence decodes alone; move it back first
+        if others have come. Whether the step was taken."""
+        alone = len(self._running) == 1 and not self._waiting and self._running[0].pending == 1
+        if solo.seq is not None and not alone:
+            solo.leave(self.ctx.ctx)
+            self.stats.solo_moves += 1
+        elif solo.seq is None and alone:
+            solo.enter(self.ctx.ctx, self._running[0])
+            self.stats.solo_moves += 1
+        if solo.seq is None:
+            return False
+        seq = solo.seq
+        solo.decode()
+        self.stats.steps += 1
+        self._sample(seq, 0, solo.ctx.ctx)
+        return True
 
     def _preempt(self, seq: Sequence) -> None:
         """Give the youngest sequence's cells to the others; it recomputes them when readmitted."""
@@ -381,8 +474,8 @@ class Engine:
     def _slot_of(self, tokens: list[int]) -> int:
         return next(s.slot for s in self._running if s.tokens is tokens)
 
-    def _sample(self, seq: Sequence, i: int) -> None:
-        token = llama_cpp.llama_sampler_sample(seq.sampler, self.ctx.ctx, i)
+    def _sample(self, seq: Sequence, i: int, ctx: Any = None) -> None:
+        token = llama_cpp.llama_sampler_sample(seq.sampler, ctx or self.ctx.ctx, i)
         seq.tokens.append(token)
         seq.decoded += 1
         self.stats.tokens_decoded += 1
@@ -445,6 +538,8 @@ class Engine:
         self._cache_tokens = []
 
     def _free(self, seq: Sequence) -> None:
+        if self.solo is not None and self.solo.seq is seq:
+            self.solo.clear()
         mem = llama_cpp.llama_get_memory(self.ctx.ctx)
         llama_cpp.llama_memory_seq_rm(mem, seq.slot, -1, -1)
         self._running.remove(seq)
@@ -456,6 +551,10 @@ class Engine:
             seq.cancelled = True
             seq.sink("", 0, "error")
             self._release(seq)
+
+
+def _ignore(text: str, tokens: int, finish: str | None) -> None:
+    pass
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:

@@ -4,7 +4,8 @@ The default model is SmolLM2-135M-Instruct (Q4_1), shipped inside the `llm-smoll
 it is found in site-packages, never downloaded. Its weights are converted once to Q8_0 (cached):
 llama.cpp has no fast batched kernels for Q4_1, and Q8_0 holds Q4_1's values with no measurable
 loss (perplexity 27.00 vs 26.97 in bench/weights.py), while processing prompts 1.6x faster and
-decoding 8 streams about 25% faster on this CPU; a lone stream decodes about 14% slower.
+decoding 8 streams about 25% faster on this CPU. A lone stream would decode about 14% slower on
+Q8_0, so the shipped weights stay loaded too, for the engine's solo lane.
 """
 
 from __future__ import annotations
@@ -98,10 +99,12 @@ class LocalProvider:
                 self.weights = q8_0_weights(model_path)
             except (OSError, RuntimeError) as exc:  # e.g. no writable cache directory
                 log.warning("serving %s as it is: no Q8_0 copy (%s)", model_path.name, exc)
+        # The shipped weights stay loaded for the solo lane: faster for one sequence alone.
+        solo = None
         if self.weights != model_path:
-            self.model.close()  # type: ignore[no-untyped-call]
+            solo = self.model
             self.model = llm.LlamaModel(path_model=str(self.weights), params=params, verbose=False)
-        self.engine = Engine(self.model, config)
+        self.engine = Engine(self.model, config, solo_model=solo)
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         template = self.metadata.get("tokenizer.chat_template") or CHATML
         self._template = env.from_string(template)
@@ -119,6 +122,8 @@ class LocalProvider:
         name = self.metadata.get("general.name", self.path.stem)
         cfg = self.engine.config
         converted = f", weights as Q8_0 in {self.weights}" if self.weights != self.path else ""
+        if self.engine.solo is not None:
+            converted += ", the shipped weights for a lone sequence"
         return (
             f"local: {name} ({self.path}{converted}), "
             f"context {self.engine.n_ctx_seq} per sequence, {cfg.n_parallel} parallel sequences, "

@@ -154,8 +154,10 @@ def _is_utf8(raw: bytes) -> bool:
         return False
 
 
-def test_random_start_stop_disconnect_interleavings_leak_nothing() -> None:
-    provider = LocalProvider(embedded_model_path(), EngineConfig(n_ctx=768, n_parallel=4))
+@pytest.mark.parametrize("q8_0", [False, True], ids=["shipped weights", "q8_0 + solo lane"])
+def test_random_start_stop_disconnect_interleavings_leak_nothing(q8_0: bool) -> None:
+    config = EngineConfig(n_ctx=768, n_parallel=4)
+    provider = LocalProvider(embedded_model_path(), config, q8_0=q8_0)
     rng = random.Random(7)
 
     async def one(i: int) -> Generation:
@@ -188,6 +190,8 @@ def test_random_start_stop_disconnect_interleavings_leak_nothing() -> None:
             assert g.usage.output_tokens >= len(deltas)
             if g.stop_reason in ("end_turn", "max_tokens"):
                 assert engine.recent[g.id] == g.usage.output_tokens + (g.stop_reason == "end_turn")
+        if q8_0:
+            assert engine.solo is not None and engine.stats.solo_moves > 0
         reasons = {g.stop_reason for g in gens}
         assert {"cancelled", "disconnected"} <= reasons and reasons & {"end_turn", "max_tokens"}
     finally:
