@@ -109,6 +109,10 @@ async def call(handler: Handler, event: dict[str, Any], context: LambdaContext) 
         ) from None
 
 
+# Handlers' secret access key when no api_key is set: known to all, so it proves nothing.
+PLACEHOLDER_SECRET = "sluicegate"
+
+
 def handler_environment(base_url: str, stage: str, secret: str | None = None) -> dict[str, str]:
     """What handlers' boto3 clients need to talk to this server, unless already set; `secret`
     (the configured api_key) signs their @connections calls so that the server can verify them."""
@@ -116,7 +120,7 @@ def handler_environment(base_url: str, stage: str, secret: str | None = None) ->
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": base_url,
         "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI": f"{base_url}/{stage}",
         "AWS_ACCESS_KEY_ID": "sluicegate",
-        "AWS_SECRET_ACCESS_KEY": secret or "sluicegate",
+        "AWS_SECRET_ACCESS_KEY": secret or PLACEHOLDER_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     return _ours(wanted)

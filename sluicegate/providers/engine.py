@@ -154,16 +154,14 @@ class SoloLane:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx.ctx), False)
         self.seq = None
 
-    def decode(self) -> None:
-        """One token for the lone sequence."""
-        seq, b = self.seq, self.batch.batch
-        assert seq is not None
-        _put(b, 0, seq.tokens[seq.n_past], seq.n_past, [0], True)
+    def decode(self, token: int, pos: int) -> None:
+        """One token at `pos`, with its logits."""
+        b = self.batch.batch
+        _put(b, 0, token, pos, [0], True)
         b.n_tokens = 1
         rc = llama_cpp.llama_decode(self.ctx.ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc} in the solo lane")
-        seq.n_past += 1
 
     def cells(self) -> int:
         mem = llama_cpp.llama_get_memory(self.ctx.ctx)
@@ -188,7 +186,6 @@ class Engine:
         self.config = config
         self.n_ctx_seq = min(config.n_ctx, model.n_ctx_train())
         self._unified = config.kv == "unified"
-        self._kv_cells = config.n_ctx
         self.ctx = llm.LlamaContext(model=model, params=self._params(config), verbose=False)
         self.batch = llm.LlamaBatch(
             n_tokens=config.n_batch, embd=0, n_seq_max=config.n_parallel + 1, verbose=False
@@ -222,8 +219,7 @@ class Engine:
             llama_cpp.llama_decode(self.ctx.ctx, b)
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx.ctx), True)
         if self.solo is not None:
-            self.solo.seq = Sequence("warm-up", [self.model.token_bos()], Sampling(1), _ignore)
-            self.solo.decode()
+            self.solo.decode(self.model.token_bos(), 0)
             self.solo.clear()
 
     @staticmethod
@@ -339,7 +335,7 @@ class Engine:
         with self._cv:
             while self._waiting and self._free_slots:
                 seq = self._waiting[0]
-                if self._running and self._kv_needed() + seq.pending > self._kv_cells:
+                if self._running and self._kv_needed() + seq.pending > self.config.n_ctx:
                     return  # the KV cache is full: wait for a running sequence to end
                 self._waiting.popleft()
                 seq.slot = self._free_slots.pop()
@@ -357,9 +353,9 @@ class Engine:
     def _step(self) -> None:
         if self.solo is not None and self._solo_step(self.solo):
             return
-        if self._kv_needed() > self._kv_cells:
+        if self._kv_needed() > self.config.n_ctx:
             self.drop_prefix_cache()
-        while self._kv_needed() > self._kv_cells and len(self._running) > 1:
+        while self._kv_needed() > self.config.n_ctx and len(self._running) > 1:
             self._preempt(self._running[-1])
         outputs = self._fill_batch()
         rc = llama_cpp.llama_decode(self.ctx.ctx, self.batch.batch)
@@ -382,7 +378,8 @@ class Engine:
         if solo.seq is None:
             return False
         seq = solo.seq
-        solo.decode()
+        solo.decode(seq.tokens[seq.n_past], seq.n_past)
+        seq.n_past += 1
         self.stats.steps += 1
         self._sample(seq, 0, solo.ctx.ctx)
         return True
@@ -551,10 +548,6 @@ class Engine:
             seq.cancelled = True
             seq.sink("", 0, "error")
             self._release(seq)
-
-
-def _ignore(text: str, tokens: int, finish: str | None) -> None:
-    pass
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:

@@ -33,12 +33,14 @@ def load_user_routes(settings: Settings) -> dict[str, handlers.Handler]:
     return {key: handlers.load_handler(spec) for key, spec in specs.items()}
 
 
-def _signing_secrets() -> list[str]:
-    """Secrets a SigV4-signed @connections call may be signed with, besides the api_key: the
-    one handlers (and the user's own clients) find in the environment, unless it is our
-    public placeholder."""
+def signing_secrets(api_key: str | None) -> list[str]:
+    """Secrets a SigV4-signed call may be signed with when a key is configured: the key, and
+    the one handlers (and the user's own clients) find in the environment, unless it is our
+    public placeholder. None without a key."""
+    if not api_key:
+        return []
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-    return [secret] if secret and secret != "sluicegate" else []
+    return [api_key] + ([secret] if secret and secret != handlers.PLACEHOLDER_SECRET else [])
 
 
 def create_app(
@@ -49,7 +51,8 @@ def create_app(
     loaded = load_user_routes(gateway.settings) if user_routes is None else user_routes
     fns = Functions(gateway.settings, {k[3:]: h for k, h in loaded.items() if k.startswith("fn:")})
     connections = Connections()
-    api_key, secrets = gateway.settings.api_key, _signing_secrets()
+    api_key = gateway.settings.api_key
+    accepted = signing_secrets(api_key)
     ws_api = WebSocketApi(
         gateway,
         connections,
@@ -77,7 +80,7 @@ def create_app(
             *bedrock.routes(),
             *metrics.routes(),
             ws_api.route(),
-            *connections_api(connections, ws.stage, api_key, secrets),
+            *connections_api(connections, ws.stage, api_key, accepted),
             *fns.routes(),
             *web.routes(),
         ],
@@ -85,7 +88,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.gateway = gateway
-    app.state.signing_secrets = [api_key, *secrets] if api_key else []
+    app.state.signing_secrets = accepted
     app.state.connections = connections
     app.state.websocket = ws_api
     return app

@@ -34,15 +34,15 @@ Handler = Callable[[Request, bytes, Connections], Awaitable[Response]]
 def connections_api(
     connections: Connections, stage: str, api_key: str | None, secrets: Sequence[str] = ()
 ) -> list[Route]:
-    """The routes; with `api_key`, SigV4 calls must verify with it or one of `secrets`."""
-    accepted = [api_key, *secrets] if api_key else []
+    """The routes; with `api_key`, SigV4 calls must verify with one of `secrets`
+    (`routes.app.signing_secrets`)."""
 
     def guarded(endpoint: Handler) -> Endpoint:
         @functools.wraps(endpoint)
         async def wrapped(request: Request) -> Response:
             try:
                 body = await _body(request)
-                _authorize(request, body, api_key, accepted)
+                _authorize(request, body, api_key, secrets)
                 return await endpoint(request, body, connections)
             except errors.SluicegateError as exc:
                 return error_response(exc)
@@ -67,7 +67,7 @@ async def _body(request: Request) -> bytes:
     return bytes(data)
 
 
-def _authorize(request: Request, body: bytes, api_key: str | None, secrets: list[str]) -> None:
+def _authorize(request: Request, body: bytes, api_key: str | None, secrets: Sequence[str]) -> None:
     auth = request.headers.get("authorization", "")
     if api_key is None:
         if auth.startswith("AWS4-HMAC-SHA256 ") and "Credential=" in auth:

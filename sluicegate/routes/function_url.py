@@ -62,17 +62,7 @@ class Functions:
             config, handler = self.get(name)
         except errors.NotFound as exc:
             return JSONResponse({"Message": exc.message}, 404)
-        event = lambda_events.function_url_event(
-            function=name,
-            method=request.method,
-            path="/" + request.path_params.get("path", ""),
-            raw_query=request.url.query,
-            headers=request.headers,
-            query=request.query_params,
-            source_ip=_ip(request),
-            domain=self.settings.public_host,
-            body=await request.body(),
-        )
+        event = lambda_events.function_url_event(await self._http_call(request, name))
         stream = config.invoke_mode == "RESPONSE_STREAM"
         return await self._respond(name, handler, event, config.timeout_seconds, stream)
 
@@ -82,16 +72,7 @@ class Functions:
             config, handler = self.get(name)
         except errors.NotFound:
             return JSONResponse({"message": "Not Found"}, 404)
-        event = lambda_events.rest_event(
-            function=name,
-            method=request.method,
-            path="/" + request.path_params.get("path", ""),
-            headers=request.headers,
-            query=request.query_params,
-            source_ip=_ip(request),
-            domain=self.settings.public_host,
-            body=await request.body(),
-        )
+        event = lambda_events.rest_event(await self._http_call(request, name))
         if name in self.settings.rest_stream:
             return await self._respond(name, handler, event, config.timeout_seconds, True)
         timeout = min(self.settings.rest_timeout_seconds, config.timeout_seconds)
@@ -133,17 +114,35 @@ class Functions:
 
     # -- the Lambda API ------------------------------------------------------------------------
 
+    async def _http_call(self, request: Request, name: str) -> lambda_events.HttpCall:
+        return lambda_events.HttpCall(
+            function=name,
+            method=request.method,
+            path="/" + request.path_params.get("path", ""),
+            raw_query=request.url.query,
+            headers=request.headers,
+            query=request.query_params,
+            source_ip=_ip(request),
+            domain=self.settings.public_host,
+            body=await request.body(),
+        )
+
+    async def _invocation(
+        self, request: Request
+    ) -> tuple[handlers.Handler, Any, handlers.LambdaContext]:
+        """The Lambda API's request: the function's handler, its event and context."""
+        name = request.path_params["name"]
+        config, handler = self.get(name)
+        body = await request.body()
+        require_signature(request, body)
+        return handler, _payload(body), handlers.LambdaContext(name, config.timeout_seconds)
+
     async def invoke(self, request: Request) -> Response:
         try:
-            name = request.path_params["name"]
-            config, handler = self.get(name)
-            body = await request.body()
-            require_signature(request, body)
+            handler, event, context = await self._invocation(request)
         except (errors.NotFound, errors.InvalidSignature) as exc:
             return error_response(exc)
         try:
-            event = _payload(body)
-            context = handlers.LambdaContext(name, config.timeout_seconds)
             value = await handlers.call(handler, event, context)
         except Exception as exc:
             log.exception("function %s failed", request.path_params["name"])
@@ -162,15 +161,11 @@ class Functions:
 
     async def invoke_stream(self, request: Request) -> Response:
         try:
-            name = request.path_params["name"]
-            config, handler = self.get(name)
-            body = await request.body()
-            require_signature(request, body)
+            handler, event, context = await self._invocation(request)
         except (errors.NotFound, errors.InvalidSignature) as exc:
             return error_response(exc)
-        event = _payload(body)
-        context = handlers.LambdaContext(name, config.timeout_seconds)
         headers = {"X-Amz-Executed-Version": "$LATEST"}
+        name = request.path_params["name"]
         return StreamResponse(_payload_chunks(name, handler, event, context), EVENTSTREAM, headers)
 
 

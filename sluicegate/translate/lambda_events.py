@@ -6,6 +6,7 @@ import base64
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-www-form-urlencoded")
@@ -23,37 +24,43 @@ def body_fields(body: bytes, content_type: str) -> dict[str, Any]:
     return {"body": base64.b64encode(body).decode(), "isBase64Encoded": True}
 
 
-def function_url_event(
-    *,
-    function: str,
-    method: str,
-    path: str,
-    raw_query: str,
-    headers: Mapping[str, str],
-    query: Mapping[str, str],
-    source_ip: str,
-    domain: str,
-    body: bytes,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class HttpCall:
+    """One HTTP request to a function: what either kind of event is made from."""
+
+    function: str
+    method: str
+    path: str  # below the function's own prefix, starting with "/"
+    raw_query: str
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    source_ip: str
+    domain: str
+    body: bytes
+
+
+def function_url_event(call: HttpCall) -> dict[str, Any]:
+    """Lambda Function URL (payload 2.0)."""
+    function, method, path, query = call.function, call.method, call.path, call.query
     now = time.time()
-    lowered = {k.lower(): v for k, v in headers.items()}
+    lowered = {k.lower(): v for k, v in call.headers.items()}
     cookies = [c.strip() for c in lowered.pop("cookie", "").split(";") if c.strip()]
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "$default",
         "rawPath": path,
-        "rawQueryString": raw_query,
+        "rawQueryString": call.raw_query,
         "headers": lowered,
         "requestContext": {
             "accountId": "anonymous",
             "apiId": function,
-            "domainName": domain,
+            "domainName": call.domain,
             "domainPrefix": function,
             "http": {
                 "method": method,
                 "path": path,
                 "protocol": "HTTP/1.1",
-                "sourceIp": source_ip,
+                "sourceIp": call.source_ip,
                 "userAgent": lowered.get("user-agent", ""),
             },
             "requestId": str(uuid.uuid4()),
@@ -62,7 +69,7 @@ def function_url_event(
             "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
             "timeEpoch": int(now * 1000),
         },
-        **body_fields(body, lowered.get("content-type", "")),
+        **body_fields(call.body, lowered.get("content-type", "")),
     }
     if cookies:
         event["cookies"] = cookies
@@ -71,20 +78,11 @@ def function_url_event(
     return event
 
 
-def rest_event(
-    *,
-    function: str,
-    method: str,
-    path: str,
-    headers: Mapping[str, str],
-    query: Mapping[str, str],
-    source_ip: str,
-    domain: str,
-    body: bytes,
-) -> dict[str, Any]:
+def rest_event(call: HttpCall) -> dict[str, Any]:
     """API Gateway REST API, Lambda proxy integration (payload 1.0)."""
+    function, method, path, query = call.function, call.method, call.path, call.query
     now = time.time()
-    plain = dict(headers)
+    plain = dict(call.headers)
     return {
         "resource": "/{proxy+}",
         "path": path,
@@ -100,10 +98,10 @@ def rest_event(
             "httpMethod": method,
             "path": f"/rest/{function}{path}",
             "stage": "rest",
-            "domainName": domain,
+            "domainName": call.domain,
             "requestId": str(uuid.uuid4()),
             "requestTimeEpoch": int(now * 1000),
-            "identity": {"sourceIp": source_ip, "userAgent": plain.get("user-agent", "")},
+            "identity": {"sourceIp": call.source_ip, "userAgent": plain.get("user-agent", "")},
         },
-        **body_fields(body, plain.get("content-type", "")),
+        **body_fields(call.body, plain.get("content-type", "")),
     }
