@@ -42,13 +42,19 @@ function load() {
   };
 }
 
+/** Write the state now, or at most every 500 ms while it keeps changing (a streaming answer). */
 function save(now = false) {
+  if (!now) {
+    saveTimer ??= setTimeout(() => save(true), 500);
+    return;
+  }
   clearTimeout(saveTimer);
   saveTimer = null;
-  const write = () => {
-    try { localStorage.setItem(STORE, JSON.stringify(state)); } catch (e) { notify(`Could not save the conversation: ${e.message}`); }
-  };
-  if (now) write(); else saveTimer = setTimeout(write, 500);
+  try {
+    localStorage.setItem(STORE, JSON.stringify(state));
+  } catch (e) {
+    notify(`Could not save the conversation: ${e.message}`);
+  }
 }
 
 function randomId(bytes) {

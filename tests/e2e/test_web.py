@@ -196,6 +196,11 @@ def test_dropped_socket_resumes_with_no_gap_and_no_repeat(page: Page, server: Se
 def test_reload_mid_answer_resumes_it(page: Page, server: Server) -> None:
     ask(page, "sluicegate:delay-ms=40 keep going", model="scripted")
     wait_tokens(page, 5)
+    # Saved while it streams, not only when the page goes away (a crash keeps it too).
+    saved = "JSON.parse(localStorage.getItem('sluicegate.chat.v1') || '{}')"
+    stored = f"() => ({saved}.turns?.at(-1)?.seq ?? 0) >= 3"
+    page.wait_for_function(stored, timeout=5_000)
+    assert last_turn(page)["status"] == "streaming"
     page.reload()
     page.wait_for_selector("#link[data-state=ok]")
     turn = wait_ended(page)
