@@ -19,7 +19,7 @@ import numpy as np
 from llama_cpp import _internals as llm
 
 from sluicegate.providers.engine import silence_llama_logs
-from sluicegate.providers.local import embedded_model_path, q8_0_weights
+from sluicegate.providers.local import embedded_model_path, model_params, q8_0_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT, STEPS = 100, 60
@@ -86,9 +86,7 @@ def main() -> None:
     shipped = embedded_model_path()
     rows = []
     for label, path in (("Q4_1 (as shipped)", shipped), ("Q8_0 (served)", q8_0_weights(shipped))):
-        model = llm.LlamaModel(
-            path_model=str(path), params=llama_cpp.llama_model_default_params(), verbose=False
-        )
+        model = llm.LlamaModel(path_model=str(path), params=model_params(), verbose=False)
         ppl = perplexity(model)
         prompt, one, eight = speeds(model)
         size = path.stat().st_size / 1e6

@@ -54,6 +54,11 @@ class Gateway:
         self._forget_old()
         return gen
 
+    def unready(self) -> dict[str, str]:
+        """Each provider that cannot serve now, and why (empty: ready)."""
+        found = {name: p.unready() for name, p in self.providers.items()}
+        return {name: why for name, why in found.items() if why is not None}
+
     async def count_tokens(self, request: ChatRequest) -> int:
         return await self.provider(request.model).count_tokens(request)
 
@@ -91,6 +96,7 @@ def engine_figures(engine: Any) -> dict[str, float]:
     running, queued = engine.active()
     s = engine.stats
     return {
+        "alive": 1 if engine.alive else 0,
         "running_sequences": running,
         "queued_sequences": queued,
         "kv_cells_used": engine.kv_cells_used(),

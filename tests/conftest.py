@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import httpx
 import pytest
 import uvicorn
 from botocore.config import Config
@@ -106,6 +108,7 @@ def serve(gateway: Gateway, *, tls: bool = False, port: int | None = None) -> Se
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
+    assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
     return Server(gateway, app, f"http://127.0.0.1:{port}", servers[0], thread, servers, cert)
 
 
@@ -144,6 +147,20 @@ def server(local: LocalProvider) -> Iterator[Server]:
     s = serve(Gateway(SETTINGS, {"local": local, "scripted": scripted}))
     yield s
     stop(s)
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Wait for a `sluicegate serve` process to answer 200 on /readyz (every provider ready),
+    as a load balancer would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "the server never got ready"
+        time.sleep(0.1)
 
 
 def wait_until(predicate: Any, timeout: float = 10.0) -> bool:

@@ -6,14 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 from typer.testing import CliRunner
 
 from sluicegate.cli import app
-from tests.conftest import free_port, serve_command
+from tests.conftest import free_port, serve_command, wait_ready
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -60,14 +59,7 @@ def test_serve_runs_as_a_process_and_stops_on_sigterm() -> None:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(base + "/metrics")
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
+        wait_ready(port, proc)
         body = {
             "anthropic_version": "bedrock-2023-05-31",
             "max_tokens": 5,

@@ -40,6 +40,10 @@ class Provider(Protocol):
         """One line for `sluicegate models` and the start-up banner."""
         ...
 
+    def unready(self) -> str | None:
+        """None while the provider can serve; otherwise why not (for /readyz)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Piece:

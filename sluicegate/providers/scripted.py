@@ -36,6 +36,9 @@ class ScriptedProvider:
         # Tokens produced so far, per generation key: lets tests prove a stream was stopped.
         self.produced: dict[str, int] = {}
 
+    def unready(self) -> str | None:
+        return None
+
     def describe(self) -> str:
         return f"scripted: {self.length} words per answer, {self.delay * 1000:g} ms per word"
 

@@ -1,4 +1,9 @@
-"""/metrics (Prometheus) and a small JSON window into generations and the engine."""
+"""/metrics (Prometheus), the health probes, and a small JSON window into generations and the
+engine.
+
+`/healthz` answers 200 while the process serves requests (a liveness probe); `/readyz` answers
+200 only while every provider can serve (model loaded and warm, engine thread alive), else 503
+with the reason: a load balancer's or Kubernetes' readiness probe."""
 
 from __future__ import annotations
 
@@ -28,6 +33,20 @@ async def generation(request: Request) -> Response:
     return JSONResponse(gateway.describe(gen))
 
 
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"}, headers=NO_STORE)
+
+
+async def readyz(request: Request) -> Response:
+    unready = _gateway(request).unready()
+    if unready:
+        return JSONResponse({"status": "unavailable", "providers": unready}, 503, NO_STORE)
+    return JSONResponse({"status": "ready"}, headers=NO_STORE)
+
+
+NO_STORE = {"cache-control": "no-store"}
+
+
 async def engine(request: Request) -> Response:
     local = _gateway(request).providers.get("local")
     found = getattr(local, "engine", None)
@@ -39,6 +58,8 @@ async def engine(request: Request) -> Response:
 def routes() -> list[Route]:
     return [
         Route("/metrics", metrics),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
         Route("/sluicegate/generations/{id}", generation),
         Route("/sluicegate/engine", engine),
     ]

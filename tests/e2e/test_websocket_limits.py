@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +16,7 @@ import websockets
 from sluicegate.config import Route, Settings, WebSocketSettings, relaxed
 from sluicegate.gateway import Gateway
 from sluicegate.providers.scripted import ScriptedProvider
-from tests.conftest import Server, free_port, serve, serve_command, stop
+from tests.conftest import Server, free_port, serve, serve_command, stop, wait_ready
 
 KIB = 1024
 
@@ -97,14 +96,8 @@ def cli_server(request: pytest.FixtureRequest) -> Iterator[str]:
     )
     try:
         url = f"ws://127.0.0.1:{port}/ws"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                assert answers(url, ping(100)) == ["pong"]
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
+        wait_ready(port, proc)
+        assert answers(url, ping(100)) == ["pong"]
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -9,7 +9,6 @@ import re
 import signal
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import websockets
 from sluicegate.config import Route, Settings, WebSocketSettings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.scripted import ScriptedProvider
-from tests.conftest import Server, free_port, serve, serve_command, stop
+from tests.conftest import Server, free_port, serve, serve_command, stop, wait_ready
 
 # The handler of the AWS samples, unchanged: its endpoint comes from the event, not from the
 # environment, so only a listener at https://{domainName} that it trusts can serve it.
@@ -130,14 +129,8 @@ def test_sluicegate_serve_tls_port(tmp_path: Path) -> None:
         start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                got = exchange(f"ws://127.0.0.1:{port}/ws", {"action": "sendmessage", "data": 1})
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
+        wait_ready(port, proc)
+        got = exchange(f"ws://127.0.0.1:{port}/ws", {"action": "sendmessage", "data": 1})
         assert got == {"echo": 1, "domainName": f"127.0.0.1:{tls_port}"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
