@@ -35,15 +35,19 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """A request in canonical form, whatever wire it came in on."""
+    """A request in canonical form, whatever wire it came in on.
+
+    A sampling parameter left as None was not given: the provider uses its model's own default
+    (an explicit 1.0 is a request for 1.0).
+    """
 
     model: str
     messages: tuple[Message, ...]
     max_tokens: int
     system: str = ""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
     stop_sequences: tuple[str, ...] = ()
     seed: int | None = None
 

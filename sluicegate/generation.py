@@ -39,11 +39,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Meter:
-    """What a provider reports while it works: token counts and when its queue wait ended."""
+    """What a provider reports while it works: token counts, when its queue wait ended, the
+    sampling it used."""
 
     key: str = ""
     usage: Usage = field(default_factory=Usage)
     admitted_at: float | None = None
+    # The sampling the provider settled on, defaults filled in (empty: it does not sample).
+    sampling: dict[str, float | int | None] = field(default_factory=dict)
 
     def admit(self) -> None:
         if self.admitted_at is None:

@@ -15,8 +15,10 @@ import contextlib
 import ctypes
 import importlib.util
 import logging
+import math
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,59 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingDefaults:
+    """What a request gets for a sampling parameter it leaves unset, and where that comes from."""
+
+    temperature: float
+    top_p: float
+    top_k: int  # 0: no top-k cut
+    source: str
+
+    def __str__(self) -> str:
+        top_k = f", top_k {self.top_k}" if self.top_k else ""
+        return f"temperature {self.temperature:g}, top_p {self.top_p:g}{top_k} ({self.source})"
+
+
+# The SmolLM2-135M-Instruct model card samples with temperature=0.2, top_p=0.9 (no top-k); at
+# 1.0 the 135M model rambles until max_tokens.
+MODEL_CARD = SamplingDefaults(0.2, 0.9, 0, "model card")
+# llama.cpp's own defaults (common_params_sampling), for a GGUF file that names none.
+LLAMA_CPP = SamplingDefaults(0.8, 0.95, 40, "llama.cpp defaults")
+
+
+def sampling_defaults(path: Path, metadata: Mapping[str, str]) -> SamplingDefaults:
+    """The model's own defaults: the embedded model's card, else the file's
+    `general.sampling.*` metadata, else llama.cpp's (each parameter on its own)."""
+    if path.name == EMBEDDED_FILE:
+        return MODEL_CARD
+    temp = _metadata_number(metadata, "general.sampling.temp", 0.0, math.inf)
+    top_p = _metadata_number(metadata, "general.sampling.top_p", 0.0, 1.0)
+    top_k = _metadata_number(metadata, "general.sampling.top_k", 0.0, math.inf)
+    if top_k is not None and not top_k.is_integer():
+        top_k = None
+    if temp is None and top_p is None and top_k is None:
+        return LLAMA_CPP
+    return SamplingDefaults(
+        LLAMA_CPP.temperature if temp is None else temp,
+        LLAMA_CPP.top_p if top_p is None else top_p,
+        LLAMA_CPP.top_k if top_k is None else int(top_k),
+        "GGUF metadata",
+    )
+
+
+def _metadata_number(
+    metadata: Mapping[str, str], key: str, low: float, high: float
+) -> float | None:
+    """A number from GGUF metadata (llama.cpp gives every value as text); None if absent or
+    out of range."""
+    try:
+        value = float(metadata[key])
+    except (KeyError, ValueError):
+        return None
+    return value if low <= value <= high else None
 
 
 def system_info() -> str:
@@ -112,6 +167,7 @@ class LocalProvider:
         params = model_params()
         self.model = llm.LlamaModel(path_model=str(model_path), params=params, verbose=False)
         self.metadata = self.model.metadata()
+        self.defaults = sampling_defaults(model_path, self.metadata)
         self.weights = model_path
         if q8_0 and int(self.metadata.get("general.file_type", -1)) not in FAST_TYPES:
             try:
@@ -146,7 +202,8 @@ class LocalProvider:
         return (
             f"local: {name} ({self.path}{converted}), "
             f"context {self.engine.n_ctx_seq} per sequence, {cfg.n_parallel} parallel sequences, "
-            f"{cfg.kv} KV cache ({self.engine.kv_bytes() / 1e6:.0f} MB), {cfg.n_threads} threads"
+            f"{cfg.kv} KV cache ({self.engine.kv_bytes() / 1e6:.0f} MB), {cfg.n_threads} threads, "
+            f"defaults {self.defaults}"
         )
 
     def unready(self) -> str | None:
@@ -187,7 +244,9 @@ class LocalProvider:
     async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
         prompt = self.tokenize(request)
         queue: asyncio.Queue[tuple[str, int, str | None]] = asyncio.Queue()
-        seq = Sequence(meter.key, prompt, _sampling(request), _threadsafe_put(queue))
+        sampling = _sampling(request, self.defaults)
+        meter.sampling = {k: v for k, v in asdict(sampling).items() if k != "max_tokens"}
+        seq = Sequence(meter.key, prompt, sampling, _threadsafe_put(queue))
         self.engine.submit(seq)
         pieces = self._pieces(seq, queue, meter)
         async for event in text_message(request, meter, len(prompt), pieces):
@@ -210,12 +269,13 @@ class LocalProvider:
             self.engine.cancel(seq)
 
 
-def _sampling(request: ChatRequest) -> Sampling:
+def _sampling(request: ChatRequest, defaults: SamplingDefaults) -> Sampling:
+    """The request's sampling, with the model's defaults for what it left unset (None)."""
     return Sampling(
         max_tokens=request.max_tokens,
-        temperature=request.temperature,
-        top_p=request.top_p,
-        top_k=request.top_k,
+        temperature=defaults.temperature if request.temperature is None else request.temperature,
+        top_p=defaults.top_p if request.top_p is None else request.top_p,
+        top_k=defaults.top_k if request.top_k is None else request.top_k,
         seed=request.seed,
     )
 

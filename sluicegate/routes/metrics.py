@@ -30,7 +30,8 @@ async def generation(request: Request) -> Response:
     gen = gateway.generations.get(request.path_params["id"])
     if gen is None:
         return JSONResponse({"message": "No such generation (or it ended long ago)."}, 404)
-    return JSONResponse(gateway.describe(gen))
+    # The sampling the provider used, its model's defaults filled in (null: it does not sample).
+    return JSONResponse({**gateway.describe(gen), "sampling": gen.meter.sampling or None})
 
 
 async def healthz(request: Request) -> Response:

@@ -76,9 +76,9 @@ def parse_body(model: str, raw: bytes) -> ChatRequest:
         messages=parse_messages(body.get("messages")),
         max_tokens=integer(body, "max_tokens", 1),
         system=system_text(body.get("system", "")),
-        temperature=number(body, "temperature", 1.0, 0.0, 1.0),
-        top_p=number(body, "top_p", 1.0, 0.0, 1.0),
-        top_k=integer(body, "top_k", 0, default=0),
+        temperature=number(body, "temperature", 0.0, 1.0),
+        top_p=number(body, "top_p", 0.0, 1.0),
+        top_k=optional_integer(body, "top_k", 0),
         stop_sequences=string_list(body, "stop_sequences"),
     )
 
@@ -92,8 +92,16 @@ def integer(body: Mapping[str, Any], key: str, low: int, *, default: int | None 
     return value
 
 
-def number(body: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
-    value = body.get(key, default)
+def optional_integer(body: Mapping[str, Any], key: str, low: int) -> int | None:
+    """Like `integer`, with None when the key is absent (a sampling parameter not given)."""
+    return integer(body, key, low) if key in body else None
+
+
+def number(body: Mapping[str, Any], key: str, low: float, high: float) -> float | None:
+    """The number at `key` between `low` and `high`, or None when the key is absent."""
+    if key not in body:
+        return None
+    value = body[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise malformed(f"#/{key}: expected a number, found {json.dumps(value)}")
     if not low <= value <= high:

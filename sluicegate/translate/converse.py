@@ -20,7 +20,14 @@ from sluicegate.events import (
     Usage,
 )
 from sluicegate.translate import anthropic
-from sluicegate.translate.anthropic import integer, malformed, number, parse_json, string_list
+from sluicegate.translate.anthropic import (
+    integer,
+    malformed,
+    number,
+    optional_integer,
+    parse_json,
+    string_list,
+)
 
 DEFAULT_MAX_TOKENS = 2048
 KNOWN_KEYS = {
@@ -65,9 +72,9 @@ def request_from(model: str, body: dict[str, Any]) -> ChatRequest:
         messages=messages(body.get("messages")),
         system=system_text(body.get("system", [])),
         max_tokens=integer(config, "maxTokens", 1, default=DEFAULT_MAX_TOKENS),
-        temperature=number(config, "temperature", 1.0, 0.0, 1.0),
-        top_p=number(config, "topP", 1.0, 0.0, 1.0),
-        top_k=integer(extra, "top_k", 0, default=0),
+        temperature=number(config, "temperature", 0.0, 1.0),
+        top_p=number(config, "topP", 0.0, 1.0),
+        top_k=optional_integer(extra, "top_k", 0),
         stop_sequences=string_list(config, "stopSequences"),
     )
 

@@ -50,9 +50,9 @@ def parse_generate(body: dict[str, Any]) -> ChatRequest:
         messages=_messages(body),
         system=anthropic.system_text(body.get("system", "")),
         max_tokens=anthropic.integer(body, "max_tokens", 1, default=DEFAULT_MAX_TOKENS),
-        temperature=anthropic.number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=anthropic.number(body, "top_p", 1.0, 0.0, 1.0),
-        top_k=anthropic.integer(body, "top_k", 0, default=0),
+        temperature=anthropic.number(body, "temperature", 0.0, 2.0),
+        top_p=anthropic.number(body, "top_p", 0.0, 1.0),
+        top_k=anthropic.optional_integer(body, "top_k", 0),
         stop_sequences=anthropic.string_list(body, "stop_sequences"),
         seed=seed,
     )

@@ -267,3 +267,33 @@ def test_introspection_reports_the_generation(server: Server) -> None:
     info = httpx.get(f"{server.url}/sluicegate/generations/{gen_id}").json()
     assert info["done"] and info["provider"] == "local" and info["route"] == "bedrock"
     assert info["produced_tokens"] >= info["usage"]["output_tokens"] > 0
+
+
+def sampling_of(server: Server, response: Any) -> Any:
+    gen_id = response["ResponseMetadata"]["RequestId"]
+    return httpx.get(f"{server.url}/sluicegate/generations/{gen_id}").json()["sampling"]
+
+
+def test_converse_without_temperature_samples_as_the_model_card_says(server: Server) -> None:
+    out = server.bedrock().converse(
+        modelId=MODEL,
+        system=[{"text": "You are a helpful assistant."}],
+        messages=[{"role": "user", "content": [{"text": "What is the capital of France?"}]}],
+        inferenceConfig={"maxTokens": 24},
+    )
+    # What the engine got: SmolLM2-135M-Instruct's model card values, not 1.0.
+    assert sampling_of(server, out) == {"temperature": 0.2, "top_p": 0.9, "top_k": 0, "seed": None}
+
+
+def test_explicit_sampling_reaches_the_engine_unchanged(server: Server) -> None:
+    out = server.bedrock().converse(
+        modelId=MODEL,
+        messages=[{"role": "user", "content": [{"text": "Say hello."}]}],
+        inferenceConfig={"maxTokens": 4, "temperature": 1.0, "topP": 1.0},
+        additionalModelRequestFields={"top_k": 5},
+    )
+    assert sampling_of(server, out) == {"temperature": 1.0, "top_p": 1.0, "top_k": 5, "seed": None}
+    scripted = server.bedrock().converse(
+        modelId="scripted-x", messages=[{"role": "user", "content": [{"text": "Hi."}]}]
+    )
+    assert sampling_of(server, scripted) is None  # the scripted provider does not sample

@@ -79,9 +79,9 @@ def test_seed_body_gives_canonical_request_with_defaults() -> None:
         messages=(Message("user", "Write a haiku about rivers."),),
         max_tokens=2048,
         system="",
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
+        temperature=None,
+        top_p=None,
+        top_k=None,
         stop_sequences=(),
         seed=None,
     )
@@ -121,6 +121,18 @@ def test_temperature_bounds_are_inclusive_and_give_floats(value: float) -> None:
     temperature = parse(seed(temperature=value)).temperature
     assert temperature == value
     assert type(temperature) is float
+
+
+def test_omitted_sampling_parameters_stay_unset_for_the_model_defaults() -> None:
+    request = parse(seed())
+    assert (request.temperature, request.top_p, request.top_k) == (None, None, None)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1, 1.0])
+def test_explicit_sampling_values_are_kept_even_at_the_edges(value: float) -> None:
+    request = parse(seed(temperature=value, top_p=value, top_k=int(value)))
+    assert (request.temperature, request.top_p, request.top_k) == (value, value, value)
+    assert request.temperature is not None and request.top_p is not None
 
 
 def test_alternating_conversation_is_kept_in_order() -> None:

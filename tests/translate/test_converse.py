@@ -68,9 +68,9 @@ def test_minimal_body_gets_defaults() -> None:
         messages=(Message("user", "Hello"),),
         max_tokens=DEFAULT_MAX_TOKENS,
         system="",
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
+        temperature=None,
+        top_p=None,
+        top_k=None,
         stop_sequences=(),
     )
     assert DEFAULT_MAX_TOKENS == 2048
@@ -120,7 +120,24 @@ def test_null_configs_mean_defaults() -> None:
     request = parse(
         {"messages": [user("x")], "inferenceConfig": None, "additionalModelRequestFields": None}
     )
-    assert (request.max_tokens, request.temperature, request.top_k) == (2048, 1.0, 0)
+    assert (request.max_tokens, request.temperature, request.top_k) == (2048, None, None)
+
+
+def test_omitted_sampling_parameters_stay_unset_for_the_model_defaults() -> None:
+    request = parse({"messages": [user("x")], "inferenceConfig": {"maxTokens": 9}})
+    assert (request.temperature, request.top_p, request.top_k) == (None, None, None)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1, 1.0])
+def test_explicit_sampling_values_are_kept_even_at_the_edges(value: float) -> None:
+    body = {
+        "messages": [user("x")],
+        "inferenceConfig": {"temperature": value, "topP": value},
+        "additionalModelRequestFields": {"top_k": int(value)},
+    }
+    request = parse(body)
+    assert (request.temperature, request.top_p, request.top_k) == (value, value, value)
+    assert request.temperature is not None and request.top_p is not None
 
 
 @pytest.mark.parametrize(
