@@ -38,7 +38,7 @@ function load() {
   return {
     owner: saved.owner || randomId(16),
     turns: Array.isArray(saved.turns) ? saved.turns : [],
-    settings: { model: "", system: "", maxTokens: 1024, temperature: 0.7, ...saved.settings },
+    settings: { model: "", system: "", maxTokens: 1024, temperature: null, ...saved.settings },
   };
 }
 
@@ -183,7 +183,8 @@ function send() {
   messages.push({ role: "user", content: prompt });
   const id = "pg-" + randomId(8);
   const s = readSettings();
-  const request = { action: "generate", id, model: s.model, messages, max_tokens: s.maxTokens, temperature: s.temperature };
+  const request = { action: "generate", id, model: s.model, messages, max_tokens: s.maxTokens };
+  if (s.temperature !== null) request.temperature = s.temperature;   // unset: the model's default
   if (s.system.trim()) request.system = s.system;
   if (!link.send(request)) { notify("Not connected to the server. Your prompt is kept; send again once connected."); return; }
   const user = { role: "user", text: prompt };
@@ -420,7 +421,7 @@ function readSettings() {
   const max = parseInt(ui.maxTokens.value, 10);
   s.maxTokens = Number.isFinite(max) ? max : 1024;
   const t = parseFloat(ui.temperature.value);
-  s.temperature = Number.isFinite(t) ? t : 0.7;
+  s.temperature = Number.isFinite(t) ? t : null;
   save();
   return s;
 }
@@ -446,7 +447,7 @@ async function loadModels() {
 async function main() {
   ui.system.value = state.settings.system;
   ui.maxTokens.value = state.settings.maxTokens;
-  ui.temperature.value = state.settings.temperature;
+  ui.temperature.value = state.settings.temperature ?? "";
   for (const turn of state.turns) addTurn(turn);
   setBusy(Boolean(running()));
 

@@ -179,6 +179,21 @@ def test_conversation_is_multi_turn_and_survives_reload(page: Page, server: Serv
     assert page.locator(".turn").count() == 0
 
 
+def test_temperature_is_the_model_default_unless_set(page: Page, server: Server) -> None:
+    assert page.input_value("#temperature") == ""
+    ask(page, "first", model="scripted")
+    unset = generation(server, page, wait_ended(page)["id"])
+    page.click("#settings-open")
+    page.fill("#temperature", "1")
+    page.click("#settings button.primary")
+    ask(page, "second")
+    given = generation(server, page, wait_ended(page)["id"])
+    assert (unset.request.temperature, given.request.temperature) == (None, 1.0)
+    page.reload()
+    page.wait_for_selector("#link[data-state=ok]")
+    assert page.input_value("#temperature") == "1"  # kept, like the other settings
+
+
 def test_dropped_socket_resumes_with_no_gap_and_no_repeat(page: Page, server: Server) -> None:
     ask(page, "sluicegate:delay-ms=40 tell me everything", model="scripted")
     wait_tokens(page, 5)
