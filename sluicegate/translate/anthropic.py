@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +25,8 @@ from sluicegate.events import (
 )
 
 BEDROCK_VERSION = "bedrock-2023-05-31"
+# Bedrock's own value, or a client's API version date (the Anthropic SDK sends its own).
+VERSION = re.compile(r"(?:bedrock-)?(\d{4}-\d{2}-\d{2})")
 KNOWN_KEYS = {
     "anthropic_version",
     "max_tokens",
@@ -67,8 +71,11 @@ def parse_body(model: str, raw: bytes) -> ChatRequest:
         raise ValidationError(f"[{key}] is not supported by sluicegate yet: remove it.")
     if "anthropic_version" not in body:
         raise malformed("#: required key [anthropic_version] not found")
-    if body["anthropic_version"] != BEDROCK_VERSION:
-        raise malformed(f"anthropic_version must be {BEDROCK_VERSION!r}")
+    if not is_version(body["anthropic_version"]):
+        raise malformed(
+            f"#/anthropic_version: {json.dumps(body['anthropic_version'])} is not a version "
+            f"such as {BEDROCK_VERSION!r} (bedrock-YYYY-MM-DD or YYYY-MM-DD)"
+        )
     if "max_tokens" not in body:
         raise malformed("#: required key [max_tokens] not found")
     return ChatRequest(
@@ -81,6 +88,18 @@ def parse_body(model: str, raw: bytes) -> ChatRequest:
         top_k=optional_integer(body, "top_k", 0),
         stop_sequences=string_list(body, "stop_sequences"),
     )
+
+
+def is_version(value: Any) -> bool:
+    """`bedrock-YYYY-MM-DD` or `YYYY-MM-DD`, with a date that exists."""
+    found = VERSION.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        return False
+    try:
+        datetime.date.fromisoformat(found.group(1))
+    except ValueError:
+        return False
+    return True
 
 
 def integer(body: Mapping[str, Any], key: str, low: int, *, default: int | None = None) -> int:

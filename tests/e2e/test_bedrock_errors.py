@@ -23,7 +23,7 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ("no anthropic_version", {"max_tokens": 10, "messages": HI}, "anthropic_version"),
     (
         "wrong anthropic_version",
-        {"anthropic_version": "2023-06-01", "max_tokens": 10, "messages": HI},
+        {"anthropic_version": "bedrock-2023-13-45", "max_tokens": 10, "messages": HI},
         "bedrock-2023-05-31",
     ),
     (

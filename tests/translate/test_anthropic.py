@@ -135,6 +135,25 @@ def test_explicit_sampling_values_are_kept_even_at_the_edges(value: float) -> No
     assert request.temperature is not None and request.top_p is not None
 
 
+@pytest.mark.parametrize(
+    "version",
+    ["bedrock-2023-05-31", "2023-06-01", "bedrock-2026-10-21", "2026-10-21", "2024-02-29"],
+)
+def test_anthropic_version_is_any_dated_version(version: str) -> None:
+    assert parse(seed(anthropic_version=version)).max_tokens == 2048
+
+
+@pytest.mark.parametrize(
+    "version",
+    ["banana", "bedrock-2023-13-45", "2023-02-29", "bedrock-", "", "bedrock-2023-5-31",
+     "2023-05-31x", " 2023-05-31", "vertex-2023-10-16", 20230531, None],
+)  # fmt: skip
+def test_anthropic_version_must_be_a_real_date(version: Any) -> None:
+    message = rejected(seed(anthropic_version=version))
+    assert message.startswith("Malformed input request: #/anthropic_version: ")
+    assert "is not a version such as 'bedrock-2023-05-31'" in message
+
+
 def test_alternating_conversation_is_kept_in_order() -> None:
     messages = [user("one"), assistant("two"), user([{"type": "text", "text": "three"}])]
     assert parse(seed(messages=messages)).messages == (
@@ -176,7 +195,7 @@ def test_malformed_bodies(raw: bytes, expected: str) -> None:
 
 BAD_BODIES = [
     (seed(anthropic_version=DROP), "required key [anthropic_version] not found"),
-    (seed(anthropic_version="2023-06-01"), "anthropic_version must be 'bedrock-2023-05-31'"),
+    (seed(anthropic_version="banana"), '#/anthropic_version: "banana" is not a version such as'),
     (seed(max_tokens=DROP), "required key [max_tokens] not found"),
     (seed(stream=True), "extraneous key [stream] is not permitted"),
     (seed(model=MODEL), "extraneous key [model] is not permitted"),
