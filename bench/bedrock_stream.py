@@ -830,6 +830,18 @@ def run_sluicegate(
     return rows, stop
 
 
+def write_section(path: Path, section: str, begin: str, end: str) -> None:
+    """Replace one script's section of the results file (between its begin and end marks),
+    or append it; keep the rest."""
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        text = head + section.rstrip("\n") + rest.partition(end)[2]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    path.write_text(text)
+
+
 def other_sections(path: Path) -> str:
     """Sections other benchmarks keep in the same file (marked `<!-- bench/NAME: begin -->`)."""
     old = path.read_text() if path.exists() else ""

@@ -60,6 +60,7 @@ from bedrock_stream import (
     prompt,
     raise_interrupt,
     server_process,
+    write_section,
 )
 from botocore.config import Config
 
@@ -595,17 +596,6 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of the results file, or append it; keep the rest."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        text = head + section.rstrip("\n") + rest.partition(END)[2]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    path.write_text(text)
-
-
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -642,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     section = report(machine, stop, posts, idle, limit)
     print(section)
-    write_section(args.output, section)
+    write_section(args.output, section, BEGIN, END)
     print(f"(section written to {args.output})", file=sys.stderr)
     return 0
 

@@ -1,7 +1,7 @@
 """Bedrock Runtime: InvokeModel(+WithResponseStream), Converse(+Stream) and CountTokens.
 
-Requests signed with SigV4 or carrying a Bearer key are accepted as they are (no verification
-yet). Errors before the first byte are Bedrock's own: status, `x-amzn-ErrorType` and
+Without an `api_key`, any SigV4 signature or Bearer key is accepted; with one, signatures are
+verified (routes/aws.py). Errors before the first byte are Bedrock's own: status, `x-amzn-ErrorType` and
 `{"message"}`; after it, an exception frame in the event stream.
 """
 
