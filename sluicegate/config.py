@@ -107,6 +107,9 @@ class Settings(Strict):
     # Accepted as `Authorization: Bearer <key>` where SigV4 is not used (@connections API).
     api_key: str | None = None
     max_body_bytes: int = 25 * 1024 * 1024
+    # Server-sent-events doors send a heartbeat after this much silence (proxies cut idle
+    # streams at 60-120 s), from the moment a request is accepted, queued or not.
+    sse_heartbeat_seconds: float = Field(15.0, gt=0)
 
     @property
     def public_host(self) -> str:

@@ -1,4 +1,6 @@
-"""One exception hierarchy; each error knows its HTTP status and its AWS error shape name.
+"""One exception hierarchy; each error knows its HTTP status, its AWS error shape name, and its
+error type on the Anthropic and OpenAI APIs (`anthropic`, `openai`; the type names those APIs
+document).
 
     SluicegateError                 500  InternalServerException
     ├── ValidationError             400  ValidationException
@@ -28,6 +30,8 @@ class SluicegateError(Exception):
 
     status = 500
     aws = "InternalServerException"
+    anthropic = "api_error"
+    openai = "server_error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -42,40 +46,54 @@ class SluicegateError(Exception):
 class ValidationError(SluicegateError):
     status = 400
     aws = "ValidationException"
+    anthropic = "invalid_request_error"
+    openai = "invalid_request_error"
 
 
 class PayloadTooLarge(ValidationError):
-    pass
+    anthropic = "request_too_large"
 
 
 class AccessDenied(SluicegateError):
     status = 403
     aws = "AccessDeniedException"
+    anthropic = "permission_error"
+    openai = "permission_error"
 
 
 class NotFound(SluicegateError):
     status = 404
     aws = "ResourceNotFoundException"
+    anthropic = "not_found_error"
+    openai = "not_found_error"
 
 
 class UnknownOperation(SluicegateError):
     status = 404
     aws = "UnknownOperationException"
+    anthropic = "not_found_error"
+    openai = "not_found_error"
 
 
 class ModelTimeout(SluicegateError):
     status = 408
     aws = "ModelTimeoutException"
+    anthropic = "timeout_error"
+    openai = "timeout_error"
 
 
 class Throttled(SluicegateError):
     status = 429
     aws = "ThrottlingException"
+    anthropic = "rate_limit_error"
+    openai = "rate_limit_error"
 
 
 class ModelStreamError(SluicegateError):
     status = 424
     aws = "ModelStreamErrorException"
+    anthropic = "api_error"
+    openai = "server_error"
 
 
 class Forbidden(SluicegateError):
@@ -101,6 +119,8 @@ class LimitExceeded(SluicegateError):
 class InvalidSignature(SluicegateError):
     status = 403
     aws = "InvalidSignatureException"
+    anthropic = "authentication_error"
+    openai = "authentication_error"
 
 
 class Cancelled(SluicegateError):
@@ -110,6 +130,8 @@ class Cancelled(SluicegateError):
 class ServiceUnavailable(SluicegateError):
     status = 503
     aws = "ServiceUnavailableException"
+    anthropic = "overloaded_error"
+    openai = "server_error"
 
 
 BY_NAME: dict[str, type[SluicegateError]] = {

@@ -1,8 +1,8 @@
 """Bedrock Runtime: InvokeModel(+WithResponseStream), Converse(+Stream) and CountTokens.
 
 Without an `api_key`, any SigV4 signature or Bearer key is accepted; with one, signatures are
-verified (routes/aws.py). Errors before the first byte are Bedrock's own: status, `x-amzn-ErrorType` and
-`{"message"}`; after it, an exception frame in the event stream.
+verified (routes/aws.py). Errors before the first byte are Bedrock's own: status,
+`x-amzn-ErrorType` and `{"message"}`; after it, an exception frame in the event stream.
 """
 
 from __future__ import annotations

@@ -1,0 +1,68 @@
+"""The SSE codec: what it writes, parsed back split at every offset, and the spec's corner cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from sluicegate.codecs.sse import MAX_LINE, ServerSentEvent, SSEError, SSEParser, comment, encode
+
+
+def parse_in_pieces(raw: bytes, size: int) -> list[ServerSentEvent]:
+    parser = SSEParser()
+    events = []
+    for i in range(0, len(raw), size):
+        events += parser.feed(raw[i : i + size])
+    return events + parser.close()
+
+
+STREAM = (
+    encode('{"type": "message_start"}', event="message_start", id="1")
+    + comment("ping")
+    + encode("two\nlines é 🙂", id="2")
+    + comment()
+    + encode("[DONE]")
+)
+EXPECTED = [
+    ServerSentEvent('{"type": "message_start"}', "message_start", "1"),
+    ServerSentEvent("two\nlines é 🙂", "message", "2"),
+    ServerSentEvent("[DONE]", "message", "2"),  # the last id stays
+]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 10_000])
+def test_what_it_writes_parses_back_split_anywhere(size: int) -> None:
+    assert parse_in_pieces(STREAM, size) == EXPECTED
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\r", b"\n"])
+def test_every_line_ending(newline: bytes) -> None:
+    raw = b"\xef\xbb\xbfevent: a\ndata:x\ndata:  y\n\n: note\ndata\nretry: 50\n\n".replace(
+        b"\n", newline
+    )
+    for size in (1, 2, len(raw)):
+        assert parse_in_pieces(raw, size) == [
+            ServerSentEvent("x\n y", "a"),
+            ServerSentEvent("", "message", None, 50),
+        ]
+
+
+def test_events_without_data_or_without_a_blank_line_are_dropped() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"event: lonely\n\nid: 7\n\ndata: cut") == []
+    assert parser.close() == []
+    assert parser.feed(b"") == []
+
+
+def test_an_endless_line_is_refused() -> None:
+    parser = SSEParser()
+    with pytest.raises(SSEError):
+        for _ in range(MAX_LINE // 65536 + 2):
+            parser.feed(b"x" * 65536)
+
+
+def test_fields_that_would_break_the_framing_are_refused() -> None:
+    with pytest.raises(ValueError):
+        encode("x", event="a\nb")
+    with pytest.raises(ValueError):
+        encode("x", id="1\r")
+    assert encode("a\r\nb\rc") == b"data: a\ndata: b\ndata: c\n\n"
