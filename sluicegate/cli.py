@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import pydantic
 import typer
 from rich.console import Console
 
@@ -42,7 +43,8 @@ RouteOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--route",
-        help="GLOB=PROVIDER: serve model ids matching GLOB with PROVIDER (local or scripted). "
+        help="GLOB=PROVIDER: serve model ids matching GLOB with PROVIDER (local, scripted, or "
+        "an upstream named under [providers] in --config). "
         "Repeatable, first match wins; replaces the default '*=local'.",
     ),
 ]
@@ -74,7 +76,7 @@ def apply_flags(
             raise typer.BadParameter(f"{model} is not a file", param_hint="--model")
         updates["model"] = model
     if routes:
-        updates["routes"] = [parse_route(r) for r in routes]
+        updates["routes"] = [parse_route(r, settings) for r in routes]
     return settings.model_copy(update=updates)
 
 
@@ -107,13 +109,30 @@ def parse_pair(text: str, flag: str) -> tuple[str, str]:
     return key, value
 
 
-def parse_route(text: str) -> Route:
+def parse_route(text: str, settings: Settings) -> Route:
     glob, sep, provider = text.rpartition("=")
-    if not sep or provider not in ("local", "scripted"):
+    known = [*config.BUILT_IN, *settings.providers]
+    if not sep or provider not in known:
         raise typer.BadParameter(
-            f"{text!r}: expected GLOB=local or GLOB=scripted", param_hint="--route"
+            f"{text!r}: expected GLOB=PROVIDER, PROVIDER one of {', '.join(known)} "
+            "(GLOB=local or GLOB=scripted, or a name under [providers] in --config)",
+            param_hint="--route",
         )
     return Route.model_validate({"match": glob, "provider": provider})
+
+
+def load_settings(path: Path | None) -> Settings:
+    """The config file's settings; a bad one is refused at start-up, naming the keys."""
+    try:
+        return config.load(path)
+    except pydantic.ValidationError as exc:
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            console.print(f"[red]{path}: {where}:[/red] {e['msg']}", highlight=False)
+        raise typer.Exit(2) from None
+    except (OSError, ValueError) as exc:  # unreadable, or not TOML
+        console.print(f"[red]cannot read {path}:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def build_providers(settings: Settings) -> dict[ProviderName, Provider]:
@@ -125,6 +144,17 @@ def build_providers(settings: Settings) -> dict[ProviderName, Provider]:
 
 
 def _build(name: ProviderName, settings: Settings) -> Provider:
+    upstream = settings.providers.get(name)
+    if upstream is not None:
+        from sluicegate.providers.bedrock import BedrockProvider
+        from sluicegate.providers.openai import OpenAIProvider
+
+        if upstream.type == "openai":
+            return OpenAIProvider(name, upstream)
+        if upstream.type == "bedrock":
+            return BedrockProvider(name, upstream)
+        console.print(f"[red]providers.{name}.type:[/red] {upstream.type} is not built yet")
+        raise typer.Exit(2)
     if name == "scripted":
         from sluicegate.providers.scripted import ScriptedProvider
 
@@ -204,7 +234,7 @@ def serve(
     from sluicegate import serving
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    settings = apply_flags(config.load(config_file), model, route, ws_route)
+    settings = apply_flags(load_settings(config_file), model, route, ws_route)
     settings = apply_functions(settings, function, invoke_mode, timeout)
     if rest_timeout is not None:
         settings = settings.model_copy(update={"rest_timeout_seconds": rest_timeout})
@@ -273,9 +303,14 @@ def models(config_file: ConfigOpt = None, model: ModelOpt = None, route: RouteOp
     """List the routes from model ids to providers, and the model file the local provider uses."""
     from sluicegate.providers.local import embedded_model_path
 
-    settings = apply_flags(config.load(config_file), model, route)
+    settings = apply_flags(load_settings(config_file), model, route)
     for r in settings.routes:
-        console.print(f"{r.match!r:40} -> {r.provider}", highlight=False)
+        upstream = settings.providers.get(r.provider)
+        where = "built in" if upstream is None else upstream.type
+        if upstream is not None and (upstream.base_url or upstream.endpoint_url):
+            where += f" at {upstream.base_url or upstream.endpoint_url}"
+        sent = f", sent as {r.model!r}" if r.model else ""
+        console.print(f"{r.match!r:40} -> {r.provider} ({where}){sent}", highlight=False)
     if "local" in settings.used_providers():
         path = settings.model or embedded_model_path()
         console.print(f"local model: {path} ({path.stat().st_size / 1e6:.0f} MB)", highlight=False)

@@ -16,6 +16,21 @@ length = 64
 [[routes]]                          # first match wins; model ids are matched as globs
 match = "scripted*"
 provider = "scripted"
+
+[providers.prod]                    # an upstream: type openai, bedrock or anthropic
+type = "bedrock"
+region = "us-east-1"                # bedrock: the standard AWS credential chain signs
+endpoint_url = "http://127.0.0.1:9000"   # optional: another sluicegate, a VPC endpoint...
+[providers.gpu]
+type = "openai"                     # any OpenAI-compatible server: vLLM, Ollama, llama-server
+base_url = "http://10.0.0.5:8000/v1"
+api_key_env = "GPU_API_KEY"         # the NAME of the variable that holds the key, never the key
+max_concurrency = 64                # streams at once; more wait in a queue of max_queue, then 429
+
+[[routes]]
+match = "anthropic.claude-*"
+provider = "prod"
+model = "us.anthropic.claude-sonnet-4-20250514-v1:0"   # the upstream's model id (default: as asked)
 """
 
 from __future__ import annotations
@@ -25,9 +40,11 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ProviderName = Literal["local", "scripted"]
+# "local" and "scripted" are built in; an upstream's name is its key under [providers].
+ProviderName = str
+BUILT_IN = ("local", "scripted")
 
 
 class Strict(BaseModel):
@@ -78,9 +95,34 @@ class FunctionSettings(Strict):
 PICKABLE: dict[str, ProviderName] = {"smollm2-135m-instruct": "local", "scripted": "scripted"}
 
 
+class UpstreamSettings(Strict):
+    """An upstream provider: where it is, how to reach it, and how much of it we may use."""
+
+    type: Literal["openai", "bedrock", "anthropic"]
+    base_url: str | None = None  # openai: ".../v1"; anthropic: default https://api.anthropic.com
+    endpoint_url: str | None = None  # bedrock: default https://bedrock-runtime.REGION.amazonaws.com
+    region: str | None = None  # bedrock: default from the AWS configuration
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    # From the request sent to its first byte of text (a queue upstream counts), then between
+    # two chunks: either ends the stream with an in-band timeout, never a hang.
+    first_byte_timeout_seconds: float = Field(60.0, gt=0)
+    idle_timeout_seconds: float = Field(60.0, gt=0)
+    max_concurrency: int = Field(64, ge=1)
+    max_queue: int = Field(256, ge=0)
+
+    @model_validator(mode="after")
+    def _where(self) -> UpstreamSettings:
+        if self.type == "openai" and not self.base_url:
+            raise ValueError("an openai provider needs base_url (e.g. http://host:8000/v1)")
+        return self
+
+
 class Route(Strict):
     match: str
     provider: ProviderName
+    # The model id sent upstream; by default the id the client asked for.
+    model: str | None = None
 
 
 class Settings(Strict):
@@ -95,6 +137,7 @@ class Settings(Strict):
     weights: Literal["auto", "q8_0", "file"] = "auto"
     engine: EngineSettings = EngineSettings()
     scripted: ScriptedSettings = ScriptedSettings()
+    providers: dict[str, UpstreamSettings] = {}
     routes: list[Route] = [Route(match="*", provider="local")]
     websocket: WebSocketSettings = WebSocketSettings()
     functions: dict[str, FunctionSettings] = {}
@@ -128,12 +171,30 @@ class Settings(Strict):
             return self.public_host
         return f"{self.public_address}:{self.tls_port}"
 
-    def provider_for(self, model_id: str) -> ProviderName | None:
-        """Which provider serves a model id: plain ids, inference profiles and ARNs alike."""
+    @model_validator(mode="after")
+    def _routes_reach_providers(self) -> Settings:
+        for i, route in enumerate(self.routes):
+            if route.provider not in BUILT_IN and route.provider not in self.providers:
+                known = ", ".join([*BUILT_IN, *self.providers])
+                raise ValueError(
+                    f"routes[{i}].provider: no provider {route.provider!r} "
+                    f"(known: {known}; define it under [providers.{route.provider}])"
+                )
+        for name in self.providers:
+            if name in BUILT_IN:
+                raise ValueError(f"providers.{name}: {name!r} is a built-in provider's name")
+        return self
+
+    def route_for(self, model_id: str) -> Route | None:
+        """The first route matching a model id: plain ids, inference profiles and ARNs alike."""
         for route in self.routes:
             if fnmatch.fnmatchcase(model_id, route.match):
-                return route.provider
+                return route
         return None
+
+    def provider_for(self, model_id: str) -> ProviderName | None:
+        route = self.route_for(model_id)
+        return None if route is None else route.provider
 
     def model_choices(self) -> list[tuple[str, ProviderName]]:
         """Model ids a person can pick (the web page's list): every plain id in the routes, and

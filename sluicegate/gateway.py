@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from sluicegate import errors
 from sluicegate.config import ProviderName, Settings
-from sluicegate.events import ChatRequest
-from sluicegate.generation import Generation
+from sluicegate.events import ChatRequest, Event
+from sluicegate.generation import Generation, Meter, StreamFn
 from sluicegate.metrics import GatewayMetrics
 from sluicegate.providers.base import Provider
 
@@ -41,7 +42,7 @@ class Gateway:
         m = self.metrics
         gen = Generation(
             request,
-            provider.stream,
+            self._stream_fn(provider),
             route=route,
             provider=provider.name,
             owner=owner,
@@ -60,7 +61,21 @@ class Gateway:
         return {name: why for name, why in found.items() if why is not None}
 
     async def count_tokens(self, request: ChatRequest) -> int:
-        return await self.provider(request.model).count_tokens(request)
+        provider = self.provider(request.model)
+        return await provider.count_tokens(self._upstream(request))
+
+    def _upstream(self, request: ChatRequest) -> ChatRequest:
+        """The request as its provider gets it: with the route's upstream model id, if any."""
+        route = self.settings.route_for(request.model)
+        if route is None or route.model is None:
+            return request
+        return dataclasses.replace(request, model=route.model)
+
+    def _stream_fn(self, provider: Provider) -> StreamFn:
+        def stream(request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
+            return provider.stream(self._upstream(request), meter)
+
+        return stream
 
     def _forget_old(self) -> None:
         ended = [k for k, g in self.generations.items() if g.done]

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from sluicegate.cli import app
@@ -36,9 +37,56 @@ def test_models_shows_routes_and_the_embedded_file(tmp_path: Path) -> None:
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in out.output
 
 
+UPSTREAMS = """
+[providers.gpu]
+type = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key_env = "GPU_KEY"
+[providers.prod]
+type = "bedrock"
+region = "eu-west-1"
+[[routes]]
+match = "gpt-*"
+provider = "gpu"
+[[routes]]
+match = "anthropic.claude-*"
+provider = "prod"
+model = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+"""
+
+
+def test_models_shows_upstreams_and_the_model_ids_sent(tmp_path: Path) -> None:
+    config = tmp_path / "sg.toml"
+    config.write_text(UPSTREAMS)
+    out = runner.invoke(app, ["models", "--config", str(config)])
+    assert out.exit_code == 0, out.output
+    assert "'gpt-*'" in out.output and "-> gpu (openai at http://127.0.0.1:9/v1)" in out.output
+    assert "-> prod (bedrock), sent as 'us.anthropic.claude-sonnet-4-20250514-v1:0'" in out.output
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (UPSTREAMS.replace('provider = "gpu"', 'provider = "gpx"'), "routes[0].provider"),
+        (UPSTREAMS.replace('type = "openai"', 'type = "opneai"'), "providers.gpu.type"),
+        (UPSTREAMS.replace('base_url = "http://127.0.0.1:9/v1"\n', ""), "providers.gpu"),
+        (UPSTREAMS.replace('"GPU_KEY"', '"sk-live-123 456"'), "providers.gpu.api_key_env"),
+        (UPSTREAMS + "[providers.local]\ntype = 'openai'\nbase_url = 'x'\n", "built-in"),
+    ],
+)
+def test_a_bad_provider_config_is_refused_naming_the_key(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    config = tmp_path / "sg.toml"
+    config.write_text(text)
+    out = runner.invoke(app, ["serve", "--config", str(config)])
+    assert out.exit_code == 2 and named in out.output, out.output
+
+
 def test_bad_flags_and_config_are_refused_clearly(tmp_path: Path) -> None:
     out = runner.invoke(app, ["serve", "--route", "nonsense"])
     assert out.exit_code != 0 and "GLOB=local or GLOB=scripted" in out.output
+    assert "PROVIDER one of local, scripted" in out.output
     out = runner.invoke(app, ["serve", "--model", str(tmp_path / "missing.gguf")])
     assert out.exit_code != 0 and "is not a file" in out.output
     bad = tmp_path / "bad.toml"

@@ -1,0 +1,132 @@
+"""The `bedrock` provider: a real Bedrock Runtime (or anything that speaks it, another sluicegate
+included) through ConverseStream, async all the way: requests signed with botocore's SigV4
+signer from the standard AWS credential chain, the event stream read with our own sans-IO
+decoder over the pooled HTTP client (no thread per stream, no boto3 call on the event loop)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+from urllib.parse import quote
+
+import botocore.session
+import httpx
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+
+from sluicegate import errors
+from sluicegate.codecs.eventstream import EventStreamDecoder, EventStreamError, Message
+from sluicegate.config import UpstreamSettings
+from sluicegate.events import ChatRequest, Event, StopReason, TextDelta
+from sluicegate.generation import Meter
+from sluicegate.providers.upstream import Upstream, ending, opening
+
+FINISHES: dict[str, StopReason] = {"max_tokens": "max_tokens", "stop_sequence": "stop_sequence"}
+# Exception frames by their :exception-type, as ours.
+EXCEPTIONS: dict[str, type[errors.SluicegateError]] = {
+    "throttlingException": errors.Throttled,
+    "validationException": errors.ValidationError,
+    "modelTimeoutException": errors.ModelTimeout,
+    "serviceUnavailableException": errors.ServiceUnavailable,
+}
+
+
+class BedrockProvider(Upstream):
+    """Streams from `endpoint_url`/model/{id}/converse-stream."""
+
+    def __init__(self, name: str, settings: UpstreamSettings) -> None:
+        super().__init__(name, settings)
+        session = botocore.session.get_session()
+        self.region = settings.region or session.get_config_variable("region") or "us-east-1"
+        default = f"https://bedrock-runtime.{self.region}.amazonaws.com"
+        self.endpoint = (settings.endpoint_url or default).rstrip("/")
+        self._session = session
+
+    def describe(self) -> str:
+        return f"{self.name}: Bedrock Runtime at {self.endpoint} ({self.region}), ConverseStream"
+
+    def _signed(self, model: str, payload: bytes) -> httpx.Request:
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            raise errors.ServiceUnavailable(
+                f"Provider {self.name}: no AWS credentials found (environment, profile, role)."
+            )
+        url = f"{self.endpoint}/model/{quote(model, safe='')}/converse-stream"
+        aws = AWSRequest("POST", url, data=payload, headers={"content-type": "application/json"})
+        SigV4Auth(credentials.get_frozen_credentials(), "bedrock", self.region).add_auth(aws)
+        return self.client.build_request("POST", url, content=payload, headers=dict(aws.headers))
+
+    async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
+        outgoing = self._signed(request.model, json.dumps(body(request)).encode())
+        async with self.limiter.slot(self.name):
+            response = await self.open(outgoing)
+            try:
+                for event in opening():
+                    yield event
+                reason: StopReason = "end_turn"
+                async for kind, data in self._events(response):
+                    if kind == "contentBlockDelta":
+                        text = data.get("delta", {}).get("text")
+                        if isinstance(text, str) and text:
+                            yield TextDelta(text)
+                    elif kind == "messageStop":
+                        reason = FINISHES.get(str(data.get("stopReason")), "end_turn")
+                    elif kind == "metadata":
+                        _usage(data, meter)
+                for event in ending(reason):
+                    yield event
+            finally:
+                await response.aclose()
+
+    async def _events(
+        self, response: httpx.Response
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        decoder = EventStreamDecoder()
+        async for raw in self.chunks(response):
+            try:
+                messages = decoder.feed(raw)
+            except EventStreamError as exc:
+                raise errors.ModelStreamError(f"Provider {self.name}: {exc}") from None
+            for message in messages:
+                yield self._event(message)
+
+    def _event(self, message: Message) -> tuple[str, dict[str, Any]]:
+        headers = message.headers
+        try:
+            data = json.loads(message.payload or b"{}")
+        except ValueError:
+            data = {}
+        kind = str(headers.get(":message-type", "event"))
+        if kind == "event":
+            return str(headers.get(":event-type", "")), data if isinstance(data, dict) else {}
+        name = str(headers.get(":exception-type") or headers.get(":error-code") or kind)
+        text = data.get("message") if isinstance(data, dict) else None
+        said = f"Provider {self.name} failed mid-stream ({name}): {text or headers}"
+        raise EXCEPTIONS.get(name, errors.ModelStreamError)(said)
+
+
+def body(request: ChatRequest) -> dict[str, Any]:
+    """The Converse request; sampling the client left unset stays unset upstream."""
+    config: dict[str, Any] = {"maxTokens": request.max_tokens}
+    for key, value in (("temperature", request.temperature), ("topP", request.top_p)):
+        if value is not None:
+            config[key] = value
+    if request.stop_sequences:
+        config["stopSequences"] = list(request.stop_sequences)
+    out: dict[str, Any] = {
+        "messages": [{"role": m.role, "content": [{"text": m.text}]} for m in request.messages],
+        "inferenceConfig": config,
+    }
+    if request.system:
+        out["system"] = [{"text": request.system}]
+    if request.top_k is not None:
+        out["additionalModelRequestFields"] = {"top_k": request.top_k}
+    return out
+
+
+def _usage(data: dict[str, Any], meter: Meter) -> None:
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        meter.usage.input_tokens = int(usage.get("inputTokens") or 0)
+        meter.usage.output_tokens = int(usage.get("outputTokens") or 0)

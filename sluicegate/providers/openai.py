@@ -1,0 +1,133 @@
+"""The `openai` provider: any OpenAI-compatible server (vLLM, Ollama, llama-server, a hosted API)
+through its streaming Chat Completions API, chunk by chunk, usage from `include_usage`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from sluicegate import errors
+from sluicegate.codecs.sse import SSEError, SSEParser
+from sluicegate.config import UpstreamSettings
+from sluicegate.events import ChatRequest, Event, StopReason, TextDelta
+from sluicegate.generation import Meter
+from sluicegate.providers.upstream import Upstream, ending, opening
+
+FINISHES: dict[str, StopReason] = {"length": "max_tokens"}  # stop, content_filter...: end_turn
+
+
+class OpenAIProvider(Upstream):
+    """Streams from `base_url`/chat/completions."""
+
+    def __init__(self, name: str, settings: UpstreamSettings) -> None:
+        super().__init__(name, settings)
+        self.url = (settings.base_url or "").rstrip("/") + "/chat/completions"
+
+    def describe(self) -> str:
+        return f"{self.name}: OpenAI-compatible API at {self.url}"
+
+    async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
+        headers = {"accept": "text/event-stream"}
+        key = self.key()
+        if key is not None:
+            headers["authorization"] = f"Bearer {key}"
+        outgoing = self.client.build_request("POST", self.url, json=body(request), headers=headers)
+        async with self.limiter.slot(self.name):
+            response = await self.open(outgoing)
+            try:
+                for event in opening():
+                    yield event
+                reason: StopReason = "end_turn"
+                async for data in self._data(response):
+                    reason = _finish(data, reason)
+                    _usage(data, meter)
+                    for text in _texts(data):
+                        meter.usage.output_tokens += 1  # a chunk a token, until usage says
+                        yield TextDelta(text)
+                for event in ending(reason):
+                    yield event
+            finally:
+                await response.aclose()
+
+    async def _data(self, response: httpx.Response) -> AsyncGenerator[dict[str, Any], None]:
+        """Each chunk's JSON until [DONE]; an error chunk or an unreadable one is in-band."""
+        parser = SSEParser()
+        async for raw in self.chunks(response):
+            try:
+                events = parser.feed(raw)
+            except SSEError as exc:
+                raise errors.ModelStreamError(f"Provider {self.name}: {exc}") from None
+            for event in events:
+                if event.data.strip() == "[DONE]":
+                    return
+                yield self._chunk(event.data)
+        raise errors.ModelStreamError(f"Provider {self.name} ended the stream without [DONE].")
+
+    def _chunk(self, data: str) -> dict[str, Any]:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise errors.ModelStreamError(
+                f"Provider {self.name} sent a chunk that is not JSON: {data[:200]!r}"
+            ) from None
+        if not isinstance(chunk, dict):
+            raise errors.ModelStreamError(f"Provider {self.name} sent {data[:200]!r}")
+        if "error" in chunk:
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise errors.ModelStreamError(f"Provider {self.name} failed: {message}")
+        return chunk
+
+
+def body(request: ChatRequest) -> dict[str, Any]:
+    """The Chat Completions request; sampling the client left unset stays unset upstream."""
+    messages: list[dict[str, str]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages += [{"role": m.role, "content": m.text} for m in request.messages]
+    out: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "max_tokens": request.max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    optional = {
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "top_k": request.top_k,  # not OpenAI's, but vLLM's, llama-server's and Ollama's
+        "seed": request.seed,
+        "stop": list(request.stop_sequences) or None,
+    }
+    out.update({k: v for k, v in optional.items() if v is not None})
+    return out
+
+
+def _choice(chunk: dict[str, Any]) -> dict[str, Any]:
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return {}
+
+
+def _texts(chunk: dict[str, Any]) -> list[str]:
+    delta = _choice(chunk).get("delta")
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return [content] if isinstance(content, str) and content else []
+
+
+def _finish(chunk: dict[str, Any], reason: StopReason) -> StopReason:
+    finish = _choice(chunk).get("finish_reason")
+    if not isinstance(finish, str):
+        return reason
+    return FINISHES.get(finish, "end_turn")
+
+
+def _usage(chunk: dict[str, Any], meter: Meter) -> None:
+    usage = chunk.get("usage")
+    if isinstance(usage, dict):
+        meter.usage.input_tokens = int(usage.get("prompt_tokens") or 0)
+        meter.usage.output_tokens = int(usage.get("completion_tokens") or 0)

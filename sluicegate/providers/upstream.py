@@ -1,0 +1,183 @@
+"""What the upstream providers (openai, bedrock, anthropic) share.
+
+A pooled async HTTP client with the configured timeouts; a concurrency limit with a bounded
+queue (over it: Throttled, which each door answers as its own 429); upstream HTTP errors mapped
+onto ours; reading a streamed body with a first-byte and an idle deadline, so that a silent
+upstream ends the stream with an in-band timeout instead of a hang. Closing the provider's
+generator closes the upstream response, which closes its connection: the upstream sees the
+client leave at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from sluicegate import errors
+from sluicegate.config import UpstreamSettings
+from sluicegate.events import (
+    BlockStart,
+    BlockStop,
+    Event,
+    MessageDelta,
+    MessageStart,
+    MessageStop,
+    StopReason,
+)
+
+
+class Limiter:
+    """At most `concurrency` streams at once; up to `queue` more wait; the rest are refused."""
+
+    def __init__(self, concurrency: int, queue: int) -> None:
+        self._free = asyncio.Semaphore(concurrency)
+        self.queue = queue
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self, name: str) -> AsyncIterator[None]:
+        if self._free.locked() and self.waiting >= self.queue:
+            raise errors.Throttled(f"Too many requests are waiting for {name}; retry shortly.")
+        self.waiting += 1
+        try:
+            await self._free.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
+class Upstream:
+    """An HTTP upstream: its client, limits, deadlines and key; subclasses speak its API."""
+
+    def __init__(self, name: str, settings: UpstreamSettings) -> None:
+        self.name = name
+        self.settings = settings
+        s = settings
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(s.idle_timeout_seconds, connect=s.connect_timeout_seconds),
+            limits=httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=32),
+        )
+        self.limiter = Limiter(s.max_concurrency, s.max_queue)
+
+    def key(self) -> str | None:
+        """The upstream's key, read from the environment variable the config names."""
+        env = self.settings.api_key_env
+        if env is None:
+            return None
+        value = os.environ.get(env)
+        if not value:
+            raise errors.ServiceUnavailable(
+                f"Provider {self.name}: the environment variable {env} (api_key_env) is not set."
+            )
+        return value
+
+    def unready(self) -> str | None:
+        return None  # an upstream's health is its own: each request finds out
+
+    async def count_tokens(self, request: Any) -> int:
+        raise errors.ValidationError(f"Provider {self.name} cannot count tokens.")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def open(self, request: httpx.Request) -> httpx.Response:
+        """Send and wait for the status line, within the first-byte deadline; errors before
+        the stream are raised as ours (the door answers them in its own shape)."""
+        try:
+            async with asyncio.timeout(self.settings.first_byte_timeout_seconds):
+                response = await self.client.send(request, stream=True)
+        except TimeoutError:
+            raise errors.ModelTimeout(
+                f"Provider {self.name} did not answer within "
+                f"{self.settings.first_byte_timeout_seconds:g} s."
+            ) from None
+        except httpx.TransportError as exc:
+            raise errors.ServiceUnavailable(
+                f"Provider {self.name} is unreachable ({type(exc).__name__}: {exc})."
+            ) from None
+        if response.status_code >= 400:
+            body = await response.aread()
+            await response.aclose()
+            raise http_error(self.name, response.status_code, body, response.headers)
+        return response
+
+    async def chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        """The body as it comes; silence past a deadline (first byte, then between chunks) or
+        a cut connection is an in-band error."""
+        raw = response.aiter_raw()
+        deadline = self.settings.first_byte_timeout_seconds
+        while True:
+            started = time.monotonic()
+            try:
+                chunk = await asyncio.wait_for(anext(raw), deadline)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise errors.ModelTimeout(
+                    f"Provider {self.name} sent nothing for {deadline:g} s."
+                ) from None
+            except httpx.TransportError as exc:
+                raise errors.ModelStreamError(
+                    f"Provider {self.name} cut the stream ({type(exc).__name__}: {exc})."
+                ) from None
+            if chunk:
+                deadline = self.settings.idle_timeout_seconds
+            else:
+                deadline -= time.monotonic() - started
+            yield chunk
+
+
+def http_error(name: str, status: int, body: bytes, headers: Any) -> errors.SluicegateError:
+    """An upstream's error answer as ours, with its own message."""
+    message = _message(body) or f"HTTP {status}"
+    said = f"Provider {name} answered {status}: {message}"
+    kind: type[errors.SluicegateError] = errors.SluicegateError
+    if status == 429:
+        kind = errors.Throttled
+    elif status in (400, 413, 422):
+        kind = errors.ValidationError
+    elif status in (401, 403):
+        kind = errors.AccessDenied
+    elif status == 404:
+        kind = errors.NotFound
+    elif status in (408, 504):
+        kind = errors.ModelTimeout
+    elif status in (503, 529):
+        kind = errors.ServiceUnavailable
+    return kind(said)
+
+
+def _message(body: bytes) -> str:
+    """The message in an OpenAI, Anthropic or AWS error body, or the start of the text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:300].decode("utf-8", "replace").strip()
+    if isinstance(data, dict):
+        inner = data.get("error", data)
+        if isinstance(inner, dict):
+            found = inner.get("message") or inner.get("Message")
+            if isinstance(found, str):
+                return found[:1000]
+        if isinstance(inner, str):
+            return inner[:1000]
+    return str(data)[:300]
+
+
+def opening() -> list[Event]:
+    """The upstream accepted: a message starts (input tokens come with its usage at the end)."""
+    return [MessageStart("", "", 0), BlockStart()]
+
+
+def ending(reason: StopReason) -> list[Event]:
+    return [BlockStop(), MessageDelta(reason), MessageStop()]

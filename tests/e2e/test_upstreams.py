@@ -1,0 +1,255 @@
+"""sluicegate in front of upstreams, through a real uvicorn, with boto3 as the client.
+
+The `bedrock` provider's upstream is a second sluicegate (the session's `server`, a real Bedrock
+Runtime door): text, usage, model mapping, and a client that leaves ending the upstream's own
+generation. Failures (refused, 429, 500, a stream cut mid-way, a stall) come from small fake
+upstreams served the same way, for the `bedrock` and the `openai` providers alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from botocore.exceptions import ClientError, EventStreamError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from sluicegate.codecs import eventstream
+from sluicegate.config import Route as ModelRoute
+from sluicegate.config import Settings, UpstreamSettings
+from sluicegate.gateway import Gateway
+from sluicegate.providers.bedrock import BedrockProvider
+from sluicegate.providers.openai import OpenAIProvider
+from tests.conftest import Server, free_port, serve, stop, wait_until
+
+MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
+CREDS = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret"}
+
+
+@pytest.fixture(autouse=True)
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bedrock provider signs with the standard chain: here, the environment."""
+    for key, value in CREDS.items():
+        monkeypatch.setenv(key, value)
+
+
+def gateway_in_front(kind: str, url: str, **limits: Any) -> Server:
+    upstream = UpstreamSettings.model_validate(
+        {
+            "type": kind,
+            "base_url" if kind == "openai" else "endpoint_url": url,
+            "region": "us-east-1",
+            **limits,
+        }
+    )
+    settings = Settings(
+        providers={"up": upstream},
+        routes=[ModelRoute(match="anthropic.*", provider="up", model="scripted-upstream")],
+    )
+    provider = (OpenAIProvider if kind == "openai" else BedrockProvider)("up", upstream)
+    return serve(Gateway(settings, {"up": provider}))
+
+
+@pytest.fixture
+def relay(server: Server) -> Iterator[Server]:
+    gw = gateway_in_front("bedrock", server.url)
+    yield gw
+    stop(gw)
+
+
+def body(text: str, max_tokens: int = 64) -> str:
+    return json.dumps(
+        {
+            "anthropic_version": "bedrock-2023-05-31",
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": text}],
+        }
+    )
+
+
+def stream_text(client: Any, text: str, max_tokens: int = 64) -> tuple[str, list[dict[str, Any]]]:
+    response = client.invoke_model_with_response_stream(modelId=MODEL, body=body(text, max_tokens))
+    chunks = [json.loads(e["chunk"]["bytes"]) for e in response["body"]]
+    deltas = [c["delta"]["text"] for c in chunks if c["type"] == "content_block_delta"]
+    return "".join(deltas), chunks
+
+
+def test_text_usage_and_stop_reason_arrive_whole_through_the_relay(
+    server: Server, relay: Server
+) -> None:
+    direct = server.bedrock().invoke_model(modelId="scripted-upstream", body=body("Hello river."))
+    expected = json.loads(direct["body"].read())
+    text, chunks = stream_text(relay.bedrock(), "Hello river.")
+    assert text == expected["content"][0]["text"] and len(text) > 100
+    final = chunks[-1]["amazon-bedrock-invocationMetrics"]
+    assert final["outputTokenCount"] == expected["usage"]["output_tokens"] == 64
+    assert final["inputTokenCount"] == expected["usage"]["input_tokens"] > 0
+    stop = next(c for c in chunks if c["type"] == "message_delta")
+    assert stop["delta"]["stop_reason"] == "max_tokens"
+    upstream = list(server.gateway.generations.values())[-1]
+    assert upstream.request.model == "scripted-upstream"  # the route's upstream model id
+    assert chunks[0]["message"]["model"] == MODEL  # the client's own id, on its side
+
+
+def test_a_client_that_leaves_ends_the_upstream_generation(server: Server, relay: Server) -> None:
+    before = set(server.gateway.generations)
+    response = relay.bedrock().invoke_model_with_response_stream(
+        modelId=MODEL, body=body("sluicegate:delay-ms=20 Tell a long story.", 1000)
+    )
+    events = iter(response["body"])
+    for _ in range(6):
+        next(events)
+    response["body"].close()
+    [new] = [g for k, g in server.gateway.generations.items() if k not in before]
+    assert wait_until(lambda: new.done, timeout=5)
+    assert new.stop_reason == "disconnected"
+    produced = server.gateway.describe(new)["produced_tokens"]
+    time.sleep(0.2)
+    assert server.gateway.describe(new)["produced_tokens"] == produced < 100
+
+
+# -- fake upstreams ---------------------------------------------------------------------------
+
+
+def serve_app(app: Starlette) -> tuple[str, Callable[[], None]]:
+    port = free_port()
+    config = uvicorn.Config(app, port=port, log_level="warning", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started)
+
+    def done() -> None:
+        server.should_exit = True
+        thread.join(5)
+
+    return f"http://127.0.0.1:{port}", done
+
+
+def frames(texts: list[str]) -> list[bytes]:
+    out = [eventstream.event("messageStart", b'{"role": "assistant"}')]
+    for t in texts:
+        payload = json.dumps({"contentBlockIndex": 0, "delta": {"text": t}}).encode()
+        out.append(eventstream.event("contentBlockDelta", payload))
+    return out
+
+
+def sse(chunks: list[dict[str, Any]]) -> list[bytes]:
+    return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks]
+
+
+def openai_chunk(text: str) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+
+
+async def cut(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+        await asyncio.sleep(0.01)
+    raise RuntimeError("the upstream dies mid-stream")  # uvicorn drops the connection
+
+
+async def stall(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+    await asyncio.sleep(30)
+
+
+def fake(behaviour: str, kind: str) -> Starlette:
+    media = "application/vnd.amazon.eventstream" if kind == "bedrock" else "text/event-stream"
+    pieces = frames(["one ", "two "]) if kind == "bedrock" else sse([openai_chunk("one ")])
+
+    async def endpoint(request: Request) -> Response:
+        await request.body()
+        if behaviour == "429":
+            return JSONResponse({"message": "Rate exceeded"}, 429)
+        if behaviour == "500":
+            return JSONResponse({"error": {"message": "upstream exploded"}}, 500)
+        return StreamingResponse((cut if behaviour == "cut" else stall)(pieces), media_type=media)
+
+    path = "/model/{model:path}/converse-stream" if kind == "bedrock" else "/v1/chat/completions"
+    return Starlette(routes=[Route(path, endpoint, methods=["POST"])])
+
+
+@pytest.mark.parametrize("kind", ["bedrock", "openai"])
+@pytest.mark.parametrize(
+    ("behaviour", "code", "status"),
+    [("429", "ThrottlingException", 429), ("500", "InternalServerException", 500)],
+)
+def test_upstream_errors_before_the_stream_are_the_doors_own(
+    kind: str, behaviour: str, code: str, status: int
+) -> None:
+    url, done = serve_app(fake(behaviour, kind))
+    gw = gateway_in_front(kind, url + ("/v1" if kind == "openai" else ""))
+    try:
+        with pytest.raises(ClientError) as refused:
+            gw.bedrock().invoke_model_with_response_stream(modelId=MODEL, body=body("hi"))
+        error = refused.value.response
+        assert error["Error"]["Code"] == code
+        assert error["ResponseMetadata"]["HTTPStatusCode"] == status
+        assert "Provider up answered" in error["Error"]["Message"]
+    finally:
+        stop(gw)
+        done()
+
+
+@pytest.mark.parametrize("kind", ["bedrock", "openai"])
+def test_a_refused_connection_is_503(kind: str) -> None:
+    gw = gateway_in_front(kind, f"http://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(ClientError) as refused:
+            gw.bedrock().invoke_model_with_response_stream(modelId=MODEL, body=body("hi"))
+        assert refused.value.response["Error"]["Code"] == "ServiceUnavailableException"
+        assert "unreachable" in refused.value.response["Error"]["Message"]
+    finally:
+        stop(gw)
+
+
+@pytest.mark.parametrize("kind", ["bedrock", "openai"])
+@pytest.mark.parametrize(
+    ("behaviour", "frame"), [("cut", "modelStreamError"), ("stall", "modelTimeout")]
+)
+def test_a_stream_cut_or_stalled_mid_way_ends_with_an_exception_frame(
+    kind: str, behaviour: str, frame: str
+) -> None:
+    url, done = serve_app(fake(behaviour, kind))
+    gw = gateway_in_front(kind, url + ("/v1" if kind == "openai" else ""), idle_timeout_seconds=0.5)
+    try:
+        started = time.monotonic()
+        response = gw.bedrock().invoke_model_with_response_stream(modelId=MODEL, body=body("hi"))
+        seen = []
+        with pytest.raises(EventStreamError, match=frame):
+            for event in response["body"]:
+                seen.append(json.loads(event["chunk"]["bytes"])["type"])
+        assert "content_block_delta" in seen  # what came before the fault got through
+        assert time.monotonic() - started < 10  # the stall ended at the idle deadline
+        gen = list(gw.gateway.generations.values())[-1]
+        assert gen.stop_reason == "error"
+    finally:
+        stop(gw)
+        done()
+
+
+def test_a_full_queue_is_429_in_the_doors_shape(server: Server) -> None:
+    gw = gateway_in_front("bedrock", server.url, max_concurrency=1, max_queue=0)
+    try:
+        client = gw.bedrock()
+        slow = client.invoke_model_with_response_stream(
+            modelId=MODEL, body=body("sluicegate:delay-ms=20 long", 200)
+        )
+        next(iter(slow["body"]))
+        with pytest.raises(ClientError) as refused:
+            client.invoke_model_with_response_stream(modelId=MODEL, body=body("hi"))
+        assert refused.value.response["Error"]["Code"] == "ThrottlingException"
+        slow["body"].close()
+    finally:
+        stop(gw)
