@@ -306,7 +306,7 @@ def models(config_file: ConfigOpt = None, model: ModelOpt = None, route: RouteOp
     settings = apply_flags(load_settings(config_file), model, route)
     for r in settings.routes:
         upstream = settings.providers.get(r.provider)
-        where = "built in" if upstream is None else upstream.type
+        where: str = "built in" if upstream is None else upstream.type
         if upstream is not None and (upstream.base_url or upstream.endpoint_url):
             where += f" at {upstream.base_url or upstream.endpoint_url}"
         sent = f", sent as {r.model!r}" if r.model else ""
