@@ -146,6 +146,7 @@ def build_providers(settings: Settings) -> dict[ProviderName, Provider]:
 def _build(name: ProviderName, settings: Settings) -> Provider:
     upstream = settings.providers.get(name)
     if upstream is not None:
+        from sluicegate.providers.anthropic import AnthropicProvider
         from sluicegate.providers.bedrock import BedrockProvider
         from sluicegate.providers.openai import OpenAIProvider
 
@@ -153,8 +154,7 @@ def _build(name: ProviderName, settings: Settings) -> Provider:
             return OpenAIProvider(name, upstream)
         if upstream.type == "bedrock":
             return BedrockProvider(name, upstream)
-        console.print(f"[red]providers.{name}.type:[/red] {upstream.type} is not built yet")
-        raise typer.Exit(2)
+        return AnthropicProvider(name, upstream)
     if name == "scripted":
         from sluicegate.providers.scripted import ScriptedProvider
 

@@ -27,6 +27,7 @@ from sluicegate.codecs import eventstream
 from sluicegate.config import Route as ModelRoute
 from sluicegate.config import Settings, UpstreamSettings
 from sluicegate.gateway import Gateway
+from sluicegate.providers.anthropic import AnthropicProvider
 from sluicegate.providers.bedrock import BedrockProvider
 from sluicegate.providers.openai import OpenAIProvider
 from tests.conftest import Server, free_port, serve, stop, wait_until
@@ -42,11 +43,15 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, value)
 
 
+PROVIDERS = {"openai": OpenAIProvider, "bedrock": BedrockProvider, "anthropic": AnthropicProvider}
+KINDS = list(PROVIDERS)
+
+
 def gateway_in_front(kind: str, url: str, **limits: Any) -> Server:
     upstream = UpstreamSettings.model_validate(
         {
             "type": kind,
-            "base_url" if kind == "openai" else "endpoint_url": url,
+            "endpoint_url" if kind == "bedrock" else "base_url": url,
             "region": "us-east-1",
             **limits,
         }
@@ -55,8 +60,7 @@ def gateway_in_front(kind: str, url: str, **limits: Any) -> Server:
         providers={"up": upstream},
         routes=[ModelRoute(match="anthropic.*", provider="up", model="scripted-upstream")],
     )
-    provider = (OpenAIProvider if kind == "openai" else BedrockProvider)("up", upstream)
-    return serve(Gateway(settings, {"up": provider}))
+    return serve(Gateway(settings, {"up": PROVIDERS[kind]("up", upstream)}))
 
 
 @pytest.fixture
@@ -164,9 +168,29 @@ async def stall(pieces: list[bytes]) -> AsyncIterator[bytes]:
     await asyncio.sleep(30)
 
 
+def anthropic_events(text: str) -> list[bytes]:
+    start = {"type": "message_start", "message": {"usage": {"input_tokens": 3}}}
+    delta = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": text},
+    }
+    return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in (start, delta)]
+
+
+FAKES = {  # path, media type, what comes before the fault
+    "bedrock": (
+        "/model/{model:path}/converse-stream",
+        "application/vnd.amazon.eventstream",
+        frames(["one ", "two "]),
+    ),
+    "openai": ("/v1/chat/completions", "text/event-stream", sse([openai_chunk("one ")])),
+    "anthropic": ("/v1/messages", "text/event-stream", anthropic_events("one ")),
+}
+
+
 def fake(behaviour: str, kind: str) -> Starlette:
-    media = "application/vnd.amazon.eventstream" if kind == "bedrock" else "text/event-stream"
-    pieces = frames(["one ", "two "]) if kind == "bedrock" else sse([openai_chunk("one ")])
+    path, media, pieces = FAKES[kind]
 
     async def endpoint(request: Request) -> Response:
         await request.body()
@@ -176,11 +200,10 @@ def fake(behaviour: str, kind: str) -> Starlette:
             return JSONResponse({"error": {"message": "upstream exploded"}}, 500)
         return StreamingResponse((cut if behaviour == "cut" else stall)(pieces), media_type=media)
 
-    path = "/model/{model:path}/converse-stream" if kind == "bedrock" else "/v1/chat/completions"
     return Starlette(routes=[Route(path, endpoint, methods=["POST"])])
 
 
-@pytest.mark.parametrize("kind", ["bedrock", "openai"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     ("behaviour", "code", "status"),
     [("429", "ThrottlingException", 429), ("500", "InternalServerException", 500)],
@@ -202,7 +225,7 @@ def test_upstream_errors_before_the_stream_are_the_doors_own(
         done()
 
 
-@pytest.mark.parametrize("kind", ["bedrock", "openai"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_refused_connection_is_503(kind: str) -> None:
     gw = gateway_in_front(kind, f"http://127.0.0.1:{free_port()}")
     try:
@@ -214,7 +237,7 @@ def test_a_refused_connection_is_503(kind: str) -> None:
         stop(gw)
 
 
-@pytest.mark.parametrize("kind", ["bedrock", "openai"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     ("behaviour", "frame"), [("cut", "modelStreamError"), ("stall", "modelTimeout")]
 )

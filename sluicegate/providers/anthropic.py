@@ -1,0 +1,123 @@
+"""The `anthropic` provider: the Anthropic Messages API (Claude directly, or another sluicegate's
+/v1/messages), streamed as server-sent events, usage from `message_start` and `message_delta`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from sluicegate import errors
+from sluicegate.codecs.sse import SSEError, SSEParser
+from sluicegate.config import UpstreamSettings
+from sluicegate.events import ChatRequest, Event, StopReason, TextDelta
+from sluicegate.generation import Meter
+from sluicegate.providers.upstream import Upstream, ending, opening
+
+API_VERSION = "2023-06-01"
+FINISHES: dict[str, StopReason] = {"max_tokens": "max_tokens", "stop_sequence": "stop_sequence"}
+# In-band error types, as ours.
+ERRORS: dict[str, type[errors.SluicegateError]] = {
+    "overloaded_error": errors.ServiceUnavailable,
+    "rate_limit_error": errors.Throttled,
+    "invalid_request_error": errors.ValidationError,
+    "timeout_error": errors.ModelTimeout,
+}
+
+
+class AnthropicProvider(Upstream):
+    """Streams from `base_url`/v1/messages."""
+
+    def __init__(self, name: str, settings: UpstreamSettings) -> None:
+        super().__init__(name, settings)
+        base = (settings.base_url or "https://api.anthropic.com").rstrip("/")
+        self.url = base.removesuffix("/v1") + "/v1/messages"
+
+    def describe(self) -> str:
+        return f"{self.name}: Anthropic Messages API at {self.url}"
+
+    async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
+        headers = {"anthropic-version": API_VERSION, "accept": "text/event-stream"}
+        key = self.key()
+        if key is not None:
+            headers["x-api-key"] = key
+        outgoing = self.client.build_request("POST", self.url, json=body(request), headers=headers)
+        async with self.limiter.slot(self.name):
+            response = await self.open(outgoing)
+            try:
+                for event in opening():
+                    yield event
+                reason: StopReason = "end_turn"
+                async for data in self._data(response):
+                    kind = data.get("type")
+                    if kind == "content_block_delta":
+                        text = data.get("delta", {}).get("text")
+                        if isinstance(text, str) and text:
+                            meter.usage.output_tokens += 1  # a delta a token, until usage says
+                            yield TextDelta(text)
+                    elif kind in ("message_start", "message_delta"):
+                        reason = _usage_and_reason(data, meter, reason)
+                    elif kind == "message_stop":
+                        break
+                for event in ending(reason):
+                    yield event
+            finally:
+                await response.aclose()
+
+    async def _data(self, response: httpx.Response) -> AsyncGenerator[dict[str, Any], None]:
+        parser = SSEParser()
+        async for raw in self.chunks(response):
+            try:
+                events = parser.feed(raw)
+            except SSEError as exc:
+                raise errors.ModelStreamError(f"Provider {self.name}: {exc}") from None
+            for event in events:
+                data = _json(event.data)
+                if data.get("type") == "error" or event.event == "error":
+                    error = data.get("error", {})
+                    kind = ERRORS.get(str(error.get("type")), errors.ModelStreamError)
+                    raise kind(f"Provider {self.name} failed: {error.get('message', event.data)}")
+                yield data
+                if data.get("type") == "message_stop":
+                    return
+        raise errors.ModelStreamError(f"Provider {self.name} ended the stream before message_stop.")
+
+
+def body(request: ChatRequest) -> dict[str, Any]:
+    """The Messages request; sampling the client left unset stays unset upstream."""
+    out: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": [{"role": m.role, "content": m.text} for m in request.messages],
+        "stream": True,
+    }
+    optional = {
+        "system": request.system or None,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "top_k": request.top_k,
+        "stop_sequences": list(request.stop_sequences) or None,
+    }
+    out.update({k: v for k, v in optional.items() if v is not None})
+    return out
+
+
+def _json(data: str) -> dict[str, Any]:
+    try:
+        found = json.loads(data)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _usage_and_reason(data: dict[str, Any], meter: Meter, reason: StopReason) -> StopReason:
+    usage = data.get("usage") or data.get("message", {}).get("usage") or {}
+    if isinstance(usage, dict):
+        if "input_tokens" in usage:
+            meter.usage.input_tokens = int(usage["input_tokens"] or 0)
+        if "output_tokens" in usage and data.get("type") == "message_delta":
+            meter.usage.output_tokens = int(usage["output_tokens"] or 0)
+    stop = data.get("delta", {}).get("stop_reason")
+    return FINISHES.get(stop, "end_turn") if isinstance(stop, str) else reason
