@@ -45,6 +45,8 @@ class Meter:
     key: str = ""
     usage: Usage = field(default_factory=Usage)
     admitted_at: float | None = None
+    # Time spent waiting on an upstream (connect, first byte, each chunk): the rest is ours.
+    upstream_seconds: float = 0.0
     # The sampling the provider settled on, defaults filled in (empty: it does not sample).
     sampling: dict[str, float | int | None] = field(default_factory=dict)
 

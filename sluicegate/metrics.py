@@ -13,6 +13,7 @@ from sluicegate.generation import Generation
 LABELS = ("route", "provider")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30)
 GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 5)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320, 900)
 
 
@@ -50,6 +51,13 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.overhead = Histogram(
+            "sluicegate_gateway_overhead_seconds",
+            "Request accepted to the last event, minus the time spent waiting on the upstream",
+            LABELS,
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
         self.active = Gauge(
             "sluicegate_active_generations", "Generations running", LABELS, registry=r
         )
@@ -83,6 +91,10 @@ class GatewayMetrics:
         self.queue.labels(*labels).observe(m.queue_ms / 1000)
         if m.first_token_ms is not None:
             self.ttft.labels(*labels).observe(m.first_token_ms / 1000)
+        waited = gen.meter.upstream_seconds
+        if waited > 0 and gen.timings.ended is not None:
+            total = gen.timings.ended - gen.timings.created
+            self.overhead.labels(*labels).observe(max(0.0, total - waited))
 
     def add_gauges(self, name: str, read: Callable[[], dict[str, float]]) -> None:
         """Expose figures read at scrape time, e.g. the engine's counters."""

@@ -45,12 +45,12 @@ class AnthropicProvider(Upstream):
             headers["x-api-key"] = key
         outgoing = self.client.build_request("POST", self.url, json=body(request), headers=headers)
         async with self.limiter.slot(self.name):
-            response = await self.open(outgoing)
+            response = await self.open(outgoing, meter)
             try:
                 for event in opening():
                     yield event
                 reason: StopReason = "end_turn"
-                async for data in self._data(response):
+                async for data in self._data(response, meter):
                     kind = data.get("type")
                     if kind == "content_block_delta":
                         text = data.get("delta", {}).get("text")
@@ -66,9 +66,11 @@ class AnthropicProvider(Upstream):
             finally:
                 await response.aclose()
 
-    async def _data(self, response: httpx.Response) -> AsyncGenerator[dict[str, Any], None]:
+    async def _data(
+        self, response: httpx.Response, meter: Meter
+    ) -> AsyncGenerator[dict[str, Any], None]:
         parser = SSEParser()
-        async for raw in self.chunks(response):
+        async for raw in self.chunks(response, meter):
             try:
                 events = parser.feed(raw)
             except SSEError as exc:

@@ -60,12 +60,12 @@ class BedrockProvider(Upstream):
     async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
         outgoing = self._signed(request.model, json.dumps(body(request)).encode())
         async with self.limiter.slot(self.name):
-            response = await self.open(outgoing)
+            response = await self.open(outgoing, meter)
             try:
                 for event in opening():
                     yield event
                 reason: StopReason = "end_turn"
-                async for kind, data in self._events(response):
+                async for kind, data in self._events(response, meter):
                     if kind == "contentBlockDelta":
                         text = data.get("delta", {}).get("text")
                         if isinstance(text, str) and text:
@@ -80,10 +80,10 @@ class BedrockProvider(Upstream):
                 await response.aclose()
 
     async def _events(
-        self, response: httpx.Response
+        self, response: httpx.Response, meter: Meter
     ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
         decoder = EventStreamDecoder()
-        async for raw in self.chunks(response):
+        async for raw in self.chunks(response, meter):
             try:
                 messages = decoder.feed(raw)
             except EventStreamError as exc:

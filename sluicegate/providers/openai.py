@@ -36,12 +36,12 @@ class OpenAIProvider(Upstream):
             headers["authorization"] = f"Bearer {key}"
         outgoing = self.client.build_request("POST", self.url, json=body(request), headers=headers)
         async with self.limiter.slot(self.name):
-            response = await self.open(outgoing)
+            response = await self.open(outgoing, meter)
             try:
                 for event in opening():
                     yield event
                 reason: StopReason = "end_turn"
-                async for data in self._data(response):
+                async for data in self._data(response, meter):
                     reason = _finish(data, reason)
                     _usage(data, meter)
                     for text in _texts(data):
@@ -52,10 +52,12 @@ class OpenAIProvider(Upstream):
             finally:
                 await response.aclose()
 
-    async def _data(self, response: httpx.Response) -> AsyncGenerator[dict[str, Any], None]:
+    async def _data(
+        self, response: httpx.Response, meter: Meter
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Each chunk's JSON until [DONE]; an error chunk or an unreadable one is in-band."""
         parser = SSEParser()
-        async for raw in self.chunks(response):
+        async for raw in self.chunks(response, meter):
             try:
                 events = parser.feed(raw)
             except SSEError as exc:

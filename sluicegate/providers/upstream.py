@@ -31,6 +31,7 @@ from sluicegate.events import (
     MessageStop,
     StopReason,
 )
+from sluicegate.generation import Meter
 
 
 class Limiter:
@@ -90,9 +91,10 @@ class Upstream:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def open(self, request: httpx.Request) -> httpx.Response:
+    async def open(self, request: httpx.Request, meter: Meter) -> httpx.Response:
         """Send and wait for the status line, within the first-byte deadline; errors before
         the stream are raised as ours (the door answers them in its own shape)."""
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.first_byte_timeout_seconds):
                 response = await self.client.send(request, stream=True)
@@ -105,15 +107,17 @@ class Upstream:
             raise errors.ServiceUnavailable(
                 f"Provider {self.name} is unreachable ({type(exc).__name__}: {exc})."
             ) from None
+        finally:
+            meter.upstream_seconds += time.monotonic() - started
         if response.status_code >= 400:
             body = await response.aread()
             await response.aclose()
             raise http_error(self.name, response.status_code, body, response.headers)
         return response
 
-    async def chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def chunks(self, response: httpx.Response, meter: Meter) -> AsyncIterator[bytes]:
         """The body as it comes; silence past a deadline (first byte, then between chunks) or
-        a cut connection is an in-band error."""
+        a cut connection is an in-band error. Time spent waiting counts as the upstream's."""
         raw = response.aiter_raw()
         deadline = self.settings.first_byte_timeout_seconds
         while True:
@@ -130,6 +134,8 @@ class Upstream:
                 raise errors.ModelStreamError(
                     f"Provider {self.name} cut the stream ({type(exc).__name__}: {exc})."
                 ) from None
+            finally:
+                meter.upstream_seconds += time.monotonic() - started
             if chunk:
                 deadline = self.settings.idle_timeout_seconds
             else:

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from botocore.exceptions import ClientError, EventStreamError
@@ -102,6 +103,9 @@ def test_text_usage_and_stop_reason_arrive_whole_through_the_relay(
     upstream = list(server.gateway.generations.values())[-1]
     assert upstream.request.model == "scripted-upstream"  # the route's upstream model id
     assert chunks[0]["message"]["model"] == MODEL  # the client's own id, on its side
+    scraped = httpx.get(relay.url + "/metrics").text
+    count = 'sluicegate_gateway_overhead_seconds_count{provider="up",route="bedrock"}'
+    assert f"{count} 1.0" in scraped  # what the relay added, apart from waiting on the upstream
 
 
 def test_a_client_that_leaves_ends_the_upstream_generation(server: Server, relay: Server) -> None:
