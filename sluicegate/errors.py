@@ -32,6 +32,8 @@ class SluicegateError(Exception):
     aws = "InternalServerException"
     anthropic = "api_error"
     openai = "server_error"
+    # Seconds a client should wait before retrying (a Retry-After header), if it should.
+    retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -85,6 +87,7 @@ class ModelTimeout(SluicegateError):
 class Throttled(SluicegateError):
     status = 429
     aws = "ThrottlingException"
+    retry_after = 1
     anthropic = "rate_limit_error"
     openai = "rate_limit_error"
 

@@ -24,6 +24,8 @@ def error_response(exc: errors.SluicegateError, request_id: str = "") -> JSONRes
     headers = {"x-amzn-ErrorType": exc.aws + ERROR_NAMESPACE}
     if request_id:
         headers["x-amzn-RequestId"] = request_id
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(exc.retry_after)
     return JSONResponse({"message": exc.message}, exc.status, headers=headers)
 
 

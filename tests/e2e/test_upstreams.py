@@ -277,6 +277,7 @@ def test_a_full_queue_is_429_in_the_doors_shape(server: Server) -> None:
         with pytest.raises(ClientError) as refused:
             client.invoke_model_with_response_stream(modelId=MODEL, body=body("hi"))
         assert refused.value.response["Error"]["Code"] == "ThrottlingException"
+        assert refused.value.response["ResponseMetadata"]["HTTPHeaders"]["retry-after"] == "1"
         slow["body"].close()
     finally:
         stop(gw)
