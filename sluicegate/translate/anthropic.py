@@ -1,15 +1,21 @@
-"""Anthropic Messages bodies (as Bedrock's InvokeModel takes them) to and from canonical form."""
+"""Anthropic Messages bodies to and from canonical form: as Bedrock's InvokeModel takes them
+(`parse_body`), and as the Messages API does, with `model` and `stream` in the body
+(`parse_request`, `parse_count`). Both share one validation; the Messages API's errors name
+the field its own way (`max_tokens: ...`) where Bedrock's say `#/max_tokens: ...`."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from sluicegate import errors
 from sluicegate.errors import ValidationError
 from sluicegate.events import (
+    EARLY_STOPS,
     BlockStart,
     BlockStop,
     ChatRequest,
@@ -42,12 +48,32 @@ KNOWN_KEYS = {
 UNSUPPORTED_KEYS = {"tools", "tool_choice", "thinking"}
 UNSUPPORTED_BLOCKS = {"image", "document", "tool_use", "tool_result", "thinking"}
 MAX_STOP_SEQUENCES = 8191
+# The Messages API's own body: the model and stream flag inside it, no anthropic_version
+# (a header there). Keys about where and how fast the hosted API serves, or what it caches,
+# change nothing in the answer: accepted and ignored.
+API_ONLY_KEYS = {"model", "stream", "service_tier", "inference_geo", "speed", "cache_control"}
+API_KEYS = (KNOWN_KEYS - {"anthropic_version", "anthropic_beta"}) | API_ONLY_KEYS
+API_UNSUPPORTED_KEYS = UNSUPPORTED_KEYS | {
+    "output_config",
+    "output_format",
+    "container",
+    "mcp_servers",
+}
+COUNT_KEYS = {"model", "messages", "system", "speed", "cache_control"}
+
+
+class Malformed(ValidationError):
+    """A body that breaks the schema; `detail` names the field as a JSON pointer (`#/...`)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"Malformed input request: {detail}, please reformat your input and try again."
+        )
+        self.detail = detail
 
 
 def malformed(detail: str) -> ValidationError:
-    return ValidationError(
-        f"Malformed input request: {detail}, please reformat your input and try again."
-    )
+    return Malformed(detail)
 
 
 def parse_json(raw: bytes) -> Any:
@@ -61,23 +87,89 @@ def parse_json(raw: bytes) -> Any:
 
 def parse_body(model: str, raw: bytes) -> ChatRequest:
     """Validate a Bedrock Anthropic Messages body and give its canonical request."""
-    body = parse_json(raw)
-    if not isinstance(body, dict):
-        raise malformed("the body must be a JSON object")
-    extra = sorted(set(body) - KNOWN_KEYS - UNSUPPORTED_KEYS)
-    if extra:
-        raise malformed(f"extraneous key [{extra[0]}] is not permitted")
-    for key in sorted(UNSUPPORTED_KEYS & set(body)):
-        raise ValidationError(f"[{key}] is not supported by sluicegate yet: remove it.")
-    if "anthropic_version" not in body:
-        raise malformed("#: required key [anthropic_version] not found")
+    body = json_object(raw)
+    check_keys(body, KNOWN_KEYS, UNSUPPORTED_KEYS)
+    require(body, "anthropic_version")
     if not is_version(body["anthropic_version"]):
         raise malformed(
             f"#/anthropic_version: {json.dumps(body['anthropic_version'])} is not a version "
             f"such as {BEDROCK_VERSION!r} (bedrock-YYYY-MM-DD or YYYY-MM-DD)"
         )
-    if "max_tokens" not in body:
-        raise malformed("#: required key [max_tokens] not found")
+    require(body, "max_tokens")
+    return request_from(model, body)
+
+
+def parse_request(raw: bytes) -> tuple[ChatRequest, bool]:
+    """Validate a Messages API body (`POST /v1/messages`): its canonical request, and whether
+    it asks to be streamed."""
+    with api_messages():
+        body = json_object(raw)
+        check_keys(body, API_KEYS, API_UNSUPPORTED_KEYS)
+        model = model_of(body)
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise malformed(f"#/stream: expected a boolean, found {json.dumps(stream)}")
+        require(body, "max_tokens")
+        return request_from(model, body), stream
+
+
+def parse_count(raw: bytes) -> ChatRequest:
+    """Validate a `POST /v1/messages/count_tokens` body (no max_tokens: nothing is generated)."""
+    with api_messages():
+        body = json_object(raw)
+        check_keys(body, COUNT_KEYS, API_UNSUPPORTED_KEYS)
+        return request_from(model_of(body), {**body, "max_tokens": 1})
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise malformed("the body must be a JSON object")
+    return body
+
+
+def check_keys(body: Mapping[str, Any], known: set[str], unsupported: set[str]) -> None:
+    extra = sorted(set(body) - known - unsupported)
+    if extra:
+        raise malformed(f"extraneous key [{extra[0]}] is not permitted")
+    for key in sorted(unsupported & set(body)):
+        raise ValidationError(f"[{key}] is not supported by sluicegate yet: remove it.")
+
+
+def require(body: Mapping[str, Any], key: str) -> None:
+    if key not in body:
+        raise malformed(f"#: required key [{key}] not found")
+
+
+def model_of(body: Mapping[str, Any]) -> str:
+    require(body, "model")
+    model = body["model"]
+    if not isinstance(model, str) or not model:
+        raise malformed(f"#/model: expected a model id, found {json.dumps(model)}")
+    return model
+
+
+@contextlib.contextmanager
+def api_messages() -> Iterator[None]:
+    """Schema errors worded as the Messages API words them: `field.path: problem`."""
+    try:
+        yield
+    except Malformed as exc:
+        raise ValidationError(api_detail(exc.detail)) from None
+
+
+def api_detail(detail: str) -> str:
+    """`#: required key [model] not found` -> `model: Field required`; `#/messages/0: ...` ->
+    `messages.0: ...`."""
+    if found := re.fullmatch(r"#: required key \[(\w+)\] not found", detail):
+        return f"{found.group(1)}: Field required"
+    if found := re.fullmatch(r"extraneous key \[(\w+)\] is not permitted", detail):
+        return f"{found.group(1)}: Extra inputs are not permitted"
+    return re.sub(r"#/(\S*?):", lambda m: m.group(1).replace("/", ".") + ":", detail)
+
+
+def request_from(model: str, body: Mapping[str, Any]) -> ChatRequest:
+    """The canonical request of a body whose keys have been checked."""
     return ChatRequest(
         model=model,
         messages=parse_messages(body.get("messages")),
@@ -230,10 +322,52 @@ def event_json(event: Event) -> dict[str, Any] | None:
         case MessageStop():
             return {"type": "message_stop"}
         case ErrorEvent():
-            return {"type": "error", "error": {"type": "api_error", "message": event.message}}
+            return error_json(errors.from_event(event.code, event.message))
         case Ping():
             return {"type": "ping"}
     return None
+
+
+def error_json(exc: errors.SluicegateError) -> dict[str, Any]:
+    """Anthropic's error object, the body of an error response and of an `error` event."""
+    return {"type": "error", "error": {"type": exc.anthropic, "message": exc.message}}
+
+
+def early_end(event: Event) -> errors.SluicegateError | None:
+    """The error a Messages API stream ends with at this event, if any: an in-band failure, or
+    a stop reason that API does not define (cancelled, disconnected, timeout, error)."""
+    if isinstance(event, ErrorEvent):
+        return errors.from_event(event.code, event.message)
+    if isinstance(event, MessageDelta) and event.stop_reason in EARLY_STOPS:
+        return early_stop_error(event.stop_reason, event.output_tokens)
+    return None
+
+
+def early_stop_error(reason: str, tokens: int) -> errors.SluicegateError:
+    """The error that stands for an early stop reason where a door has no word for it."""
+    after = f"after {tokens} output tokens"
+    if reason == "timeout":
+        return errors.ModelTimeout(f"The model did not finish in time: stopped {after}.")
+    if reason == "cancelled":
+        return errors.Cancelled(f"The generation was stopped before it finished, {after}.")
+    if reason == "disconnected":
+        return errors.Cancelled(f"The generation was stopped when its client left, {after}.")
+    return errors.SluicegateError(f"The model stopped without finishing its answer, {after}.")
+
+
+def api_events(event: Event) -> tuple[list[dict[str, Any]], bool]:
+    """The Messages API stream events for a canonical event, and whether the stream ends with
+    them. As that API does, a `ping` follows the first content_block_start; an early end is an
+    `error` event, never a stop reason the API does not define."""
+    failure = early_end(event)
+    if failure is not None:
+        return [error_json(failure)], True
+    data = event_json(event)
+    if data is None:
+        return [], False
+    if isinstance(event, BlockStart) and event.index == 0:
+        return [data, {"type": "ping"}], False
+    return [data], isinstance(event, MessageStop)
 
 
 def invocation_metrics(stop: MessageStop) -> dict[str, int]:

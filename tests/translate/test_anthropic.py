@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from sluicegate import errors
 from sluicegate.errors import ValidationError
 from sluicegate.events import (
     BlockStart,
@@ -24,10 +25,14 @@ from sluicegate.events import (
     Usage,
 )
 from sluicegate.translate.anthropic import (
+    api_events,
+    early_end,
     event_json,
     invocation_metrics,
     message_json,
     parse_body,
+    parse_count,
+    parse_request,
 )
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
@@ -459,3 +464,133 @@ def test_message_json_usage_comes_from_message_stop() -> None:
     assert data["content"] == [{"type": "text", "text": ""}]
     assert data["stop_reason"] == "cancelled"
     assert data["stop_sequence"] is None
+
+
+# -- the Messages API's own body (POST /v1/messages, count_tokens) ------------------------------
+
+
+def api(**changes: Any) -> dict[str, Any]:
+    """The seed body as the Messages API takes it: the model inside, no anthropic_version."""
+    return seed(**{"anthropic_version": DROP, "model": "claude-sonnet-4-5", **changes})
+
+
+def api_rejected(body: Any, parse: Any = parse_request) -> str:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with pytest.raises(ValidationError) as info:
+        parse(raw)
+    assert not isinstance(info.value, errors.PayloadTooLarge)
+    return info.value.message
+
+
+def test_api_body_names_its_model_and_stream() -> None:
+    request, stream = parse_request(json.dumps(api(stream=True, system="Terse.")).encode())
+    assert stream is True
+    assert request == ChatRequest(
+        model="claude-sonnet-4-5",
+        messages=(Message("user", "Write a haiku about rivers."),),
+        max_tokens=2048,
+        system="Terse.",
+    )
+    assert parse_request(json.dumps(api()).encode())[1] is False
+
+
+def test_api_body_accepts_hosting_options_and_ignores_them() -> None:
+    body = api(service_tier="auto", inference_geo="us", speed="fast", metadata={"user_id": "u"})
+    assert (
+        parse_request(json.dumps(body).encode())[0] == parse_request(json.dumps(api()).encode())[0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (api(model=DROP), "model: Field required"),
+        (api(max_tokens=DROP), "max_tokens: Field required"),
+        (api(model=""), 'model: expected a model id, found ""'),
+        (api(model=7), "model: expected a model id, found 7"),
+        (api(stream="yes"), 'stream: expected a boolean, found "yes"'),
+        (api(anthropic_version="2023-06-01"), "anthropic_version: Extra inputs are not permitted"),
+        (api(anthropic_beta=["x"]), "anthropic_beta: Extra inputs are not permitted"),
+        (api(max_tokens=-5), "max_tokens: -5 is not greater or equal to 1"),
+        (api(messages=[]), "messages: expected a non-empty list of messages"),
+        (api(messages=[user([])]), "messages.0.content: expected a string or a non-empty list"),
+        (api(messages=[user("a"), user("b")]), "messages: roles must alternate"),
+        (api(tools=[]), "[tools] is not supported by sluicegate yet"),
+        (api(output_config={}), "[output_config] is not supported by sluicegate yet"),
+        (b"[]", "the body must be a JSON object"),
+    ],
+)
+def test_api_body_errors_are_worded_as_the_messages_api_words_them(
+    body: Any, expected: str
+) -> None:
+    message = api_rejected(body)
+    assert message.startswith(expected)
+    assert "#" not in message and "Malformed input request" not in message
+
+
+def test_count_body_needs_no_max_tokens() -> None:
+    body = {"model": "m", "system": "S", "messages": [user("Hi")]}
+    request = parse_count(json.dumps(body).encode())
+    assert (request.model, request.system, request.messages) == ("m", "S", (Message("user", "Hi"),))
+    assert "max_tokens: Extra inputs" in api_rejected({**body, "max_tokens": 5}, parse_count)
+    assert "model: Field required" in api_rejected({"messages": [user("Hi")]}, parse_count)
+
+
+def test_bedrock_errors_keep_their_own_wording() -> None:
+    assert rejected(seed(max_tokens=-5)).startswith("Malformed input request: #/max_tokens: -5")
+
+
+TEXT_START = {
+    "type": "content_block_start",
+    "index": 0,
+    "content_block": {"type": "text", "text": ""},
+}
+
+
+def error_of(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (BlockStart(), ([TEXT_START, {"type": "ping"}], False)),
+        (BlockStart(1), ([{**TEXT_START, "index": 1}], False)),
+        (TextDelta("a"), ([event_json(TextDelta("a"))], False)),
+        (
+            MessageDelta("end_turn", None, 3),
+            ([event_json(MessageDelta("end_turn", None, 3))], False),
+        ),
+        (MessageStop(Usage(1, 2)), ([{"type": "message_stop"}], True)),
+        (ErrorEvent("Throttled", "slow"), ([error_of("rate_limit_error", "slow")], True)),
+        (ErrorEvent("ServiceUnavailable", "busy"), ([error_of("overloaded_error", "busy")], True)),
+        (ErrorEvent("NoSuchCode", "x"), ([error_of("api_error", "x")], True)),
+    ],
+)
+def test_api_events(event: Event, expected: tuple[list[dict[str, Any]], bool]) -> None:
+    assert api_events(event) == expected
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind", "words"),
+    [
+        ("timeout", "timeout_error", "did not finish in time"),
+        ("cancelled", "api_error", "stopped before it finished"),
+        ("disconnected", "api_error", "when its client left"),
+        ("error", "api_error", "without finishing its answer"),
+    ],
+)
+def test_early_stop_reasons_are_errors_never_stop_reasons(
+    reason: Any, kind: str, words: str
+) -> None:
+    [data], last = api_events(MessageDelta(reason, None, 7))
+    assert last and data["type"] == "error" and data["error"]["type"] == kind
+    assert words in data["error"]["message"] and "after 7 output tokens" in data["error"]["message"]
+    assert early_end(MessageDelta(reason)) is not None
+
+
+@pytest.mark.parametrize("reason", ["end_turn", "max_tokens", "stop_sequence"])
+def test_natural_stop_reasons_pass_through(reason: Any) -> None:
+    assert early_end(MessageDelta(reason)) is None
+    [data], last = api_events(MessageDelta(reason))
+    assert data["delta"]["stop_reason"] == reason and not last
