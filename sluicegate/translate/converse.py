@@ -9,6 +9,7 @@ from typing import Any
 
 from sluicegate.errors import ValidationError
 from sluicegate.events import (
+    EARLY_STOPS,
     BlockStop,
     ChatRequest,
     Event,
@@ -140,7 +141,9 @@ def _blob(value: Any) -> bytes:
 def stream_event(event: Event) -> tuple[str, dict[str, Any]] | None:
     """(event type, payload) of the ConverseStream frame for an event; None sends nothing.
 
-    Bedrock sends no contentBlockStart for text blocks, so neither do we.
+    Bedrock sends no contentBlockStart for text blocks, so neither do we. Converse has no stop
+    reason for an early end (cancelled, disconnected, ...): such a stream has no messageStop,
+    only the metadata with the usage so far (a timeout or a failure is an exception frame).
     """
     match event:
         case MessageStart():
@@ -150,6 +153,8 @@ def stream_event(event: Event) -> tuple[str, dict[str, Any]] | None:
                 "delta": {"text": event.text},
                 "contentBlockIndex": event.index,
             }
+        case MessageDelta() if event.stop_reason in EARLY_STOPS:
+            return None
         case MessageDelta():
             return "messageStop", {"stopReason": event.stop_reason}
         case MessageStop():
@@ -172,9 +177,12 @@ def latency(stop: MessageStop) -> dict[str, int]:
 
 
 def response_json(events: list[Event]) -> dict[str, Any]:
-    """The whole Converse response."""
+    """The whole Converse response; an early end, for which Converse has no stop reason, is
+    the error that stands for it."""
     delta = next(e for e in events if isinstance(e, MessageDelta))
     stop = next(e for e in events if isinstance(e, MessageStop))
+    if delta.stop_reason in EARLY_STOPS:
+        raise anthropic.early_stop_error(delta.stop_reason, stop.usage.output_tokens)
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     return {
         "output": {"message": {"role": "assistant", "content": [{"text": text}]}},

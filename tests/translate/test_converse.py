@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sluicegate.errors import ValidationError
+from sluicegate.errors import SluicegateError, ValidationError
 from sluicegate.events import (
     BlockStart,
     BlockStop,
@@ -355,3 +355,30 @@ def test_response_json() -> None:
 def test_dumps_is_compact_utf8() -> None:
     raw = dumps({"delta": {"text": "café 🙂"}, "n": 1})
     assert raw == '{"delta":{"text":"café 🙂"},"n":1}'.encode()
+
+
+@pytest.mark.parametrize("reason", ["cancelled", "disconnected", "timeout", "error"])
+def test_early_stop_reasons_never_become_a_converse_stop_reason(reason: Any) -> None:
+    """Converse has no word for an early end: the stream sends no messageStop (its metadata
+    still reports the usage so far), and a whole response is the error that stands for it."""
+    events: list[Event] = [
+        MessageStart("msg_1", MODEL, 9),
+        BlockStart(),
+        TextDelta("Hel"),
+        BlockStop(),
+        MessageDelta(reason, None, 1),
+        MessageStop(Usage(9, 1), Metrics(0, 1, 2)),
+    ]
+    frames = [f for f in (stream_event(e) for e in events) if f is not None]
+    assert [name for name, _ in frames] == [
+        "messageStart",
+        "contentBlockDelta",
+        "contentBlockStop",
+        "metadata",
+    ]
+    assert frames[-1][1]["usage"]["outputTokens"] == 1
+    with pytest.raises(SluicegateError) as info:
+        response_json(events)
+    expected = {"timeout": "ModelTimeoutException"}.get(reason, "InternalServerException")
+    assert info.value.aws == expected
+    assert "after 1 output tokens" in info.value.message
