@@ -15,6 +15,7 @@ from sluicegate import handlers
 from sluicegate.bus.memory import Connections
 from sluicegate.config import Settings
 from sluicegate.gateway import Gateway
+from sluicegate.routes import anthropic as anthropic_door
 from sluicegate.routes import bedrock, metrics, web
 from sluicegate.routes.connections import connections_api
 from sluicegate.routes.function_url import Functions
@@ -78,6 +79,7 @@ def create_app(
     app = Starlette(
         routes=[
             *bedrock.routes(),
+            *anthropic_door.routes(),
             *metrics.routes(),
             ws_api.route(),
             *connections_api(connections, ws.stage, api_key, accepted),

@@ -1,0 +1,203 @@
+"""The Anthropic Messages API: `POST /v1/messages` (streamed as server-sent events or not),
+`POST /v1/messages/count_tokens`, and `GET /sluicegate/generations/{id}/events`: any
+generation's events as this door's stream, resumable with `Last-Event-ID` (or `?after=N`).
+
+Each streamed event carries its index in the generation's log as its SSE `id`. Without an
+`api_key` any key is accepted; with one, `x-api-key` or `Authorization: Bearer` must hold it.
+Errors before the first byte are Anthropic's JSON error with the status that API gives its
+error type; after it, an `event: error`, and the stream ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sluicegate import errors
+from sluicegate.codecs import sse
+from sluicegate.events import Event
+from sluicegate.gateway import Gateway
+from sluicegate.generation import Generation
+from sluicegate.routes.aws import caller
+from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
+from sluicegate.routes.streaming import StreamResponse, wait_or_disconnect
+from sluicegate.translate import anthropic
+
+ROUTE = "anthropic"
+# The status the Messages API answers each error type with (errors.py's are Bedrock's).
+STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Unauthenticated(errors.SluicegateError):
+    status = 401
+    anthropic = "authentication_error"
+    openai = "authentication_error"
+
+
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+PING = sse.encode(_json({"type": "ping"}), event="ping")
+
+
+def error_response(exc: errors.SluicegateError) -> JSONResponse:
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {} if retry_after is None else {"retry-after": str(retry_after)}
+    status = STATUS.get(exc.anthropic, exc.status)
+    return JSONResponse(anthropic.error_json(exc), status, headers=headers)
+
+
+def anthropic_errors(endpoint: Endpoint) -> Endpoint:
+    @functools.wraps(endpoint)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except errors.SluicegateError as exc:
+            return error_response(exc)
+
+    return wrapped
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def authenticate(request: Request) -> str:
+    """The caller's key checked against the configured api_key (any key without one); returns
+    the owner, the same digest of the key that the Bearer scheme gives on every door."""
+    key = request.headers.get("x-api-key", "")
+    authorization = request.headers.get("authorization", "")
+    if not key and authorization.lower().startswith("bearer "):
+        key = authorization[7:]
+    expected = gateway_of(request).settings.api_key
+    if expected and not key:
+        raise Unauthenticated("x-api-key header is required")
+    if expected and not hmac.compare_digest(key.encode(), expected.encode()):
+        raise Unauthenticated("invalid x-api-key")
+    return caller(f"Bearer {key}") if key else ""
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused as soon as it passes the configured limit."""
+    limit = gateway_of(request).settings.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(f"The request body is over the {limit:,}-byte limit.")
+
+
+# -- POST /v1/messages ---------------------------------------------------------------------------
+
+
+@anthropic_errors
+async def messages(request: Request) -> Response:
+    owner = authenticate(request)
+    chat, stream = anthropic.parse_request(await read_body(request))
+    gateway = gateway_of(request)
+    gen = await gateway.start(chat, route=ROUTE, owner=owner)
+    headers = {"request-id": gen.id}
+    if stream:
+        every = gateway.settings.sse_heartbeat_seconds
+        return sse_response(gen, stream_events(gen), PING, every, headers)
+    await wait_or_disconnect(request, gen)
+    return JSONResponse(anthropic.message_json(finished_log(gen)), headers=headers)
+
+
+def finished_log(gen: Generation) -> list[Event]:
+    """The log of an ended generation; an error in it (or an early end) is raised."""
+    for event in gen.log:
+        failure = anthropic.early_end(event)
+        if failure is not None:
+            raise failure
+    return gen.log
+
+
+async def stream_events(gen: Generation, after: int = 0) -> AsyncGenerator[bytes, None]:
+    """This door's events for a generation, each with its log index as id, from after `after`
+    (the events up to it are translated but not sent, so a resume sees exactly what a
+    continuous stream would have); the stream ends at message_stop or an error."""
+    async for i, event in gen.follow():
+        out, last = anthropic.api_events(event)
+        if i > after:
+            for data in out:
+                yield sse.encode(_json(data), event=data["type"], id=str(i))
+        if last:
+            return
+
+
+# -- POST /v1/messages/count_tokens --------------------------------------------------------------
+
+
+@anthropic_errors
+async def count_tokens(request: Request) -> Response:
+    authenticate(request)
+    chat = anthropic.parse_count(await read_body(request))
+    return JSONResponse({"input_tokens": await gateway_of(request).count_tokens(chat)})
+
+
+# -- GET /sluicegate/generations/{id}/events -------------------------------------------------------
+
+
+@anthropic_errors
+async def generation_events(request: Request) -> Response:
+    """Like the introspection route, the generation's id (96 random bits) is the only
+    credential: a browser's EventSource cannot send headers."""
+    gateway = gateway_of(request)
+    gen = gateway.generations.get(request.path_params["id"])
+    if gen is None:
+        raise errors.NotFound("No such generation (or it ended long ago).")
+    after = resume_point(request, len(gen.log))
+    chunks = with_heartbeats(
+        stream_events(gen, after), PING, gateway.settings.sse_heartbeat_seconds
+    )
+    # A watcher leaving ends only its own stream, never the generation.
+    return StreamResponse(chunks, MEDIA_TYPE, HEADERS)
+
+
+def resume_point(request: Request, logged: int) -> int:
+    """The last event id the client has: `Last-Event-ID` (what EventSource sends when it
+    reconnects) over `?after=`, 0 without either."""
+    given = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+    if not (given.isascii() and given.isdigit()):
+        raise errors.ValidationError(f"The last event id must be an integer >= 0, not {given!r}.")
+    if int(given) > logged:
+        raise errors.ValidationError(f"Event {given} is beyond the {logged} events so far.")
+    return int(given)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        Route("/sluicegate/generations/{id}/events", generation_events, methods=["GET"]),
+    ]
