@@ -61,8 +61,7 @@ PING = sse.encode(_json({"type": "ping"}), event="ping")
 
 
 def error_response(exc: errors.SluicegateError) -> JSONResponse:
-    retry_after = getattr(exc, "retry_after", None)
-    headers = {} if retry_after is None else {"retry-after": str(retry_after)}
+    headers = {} if exc.retry_after is None else {"retry-after": str(exc.retry_after)}
     status = STATUS.get(exc.anthropic, exc.status)
     return JSONResponse(anthropic.error_json(exc), status, headers=headers)
 
