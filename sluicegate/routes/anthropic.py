@@ -176,11 +176,19 @@ async def generation_events(request: Request) -> Response:
     if gen is None:
         raise errors.NotFound("No such generation (or it ended long ago).")
     after = resume_point(request, len(gen.log))
+    if gen.done and after >= last_id(gen.log):
+        # Nothing left to send: 204 is what tells an EventSource to stop reconnecting.
+        return Response(status_code=204, headers=HEADERS)
     chunks = with_heartbeats(
         stream_events(gen, after), PING, gateway.settings.sse_heartbeat_seconds
     )
     # A watcher leaving ends only its own stream, never the generation.
     return StreamResponse(chunks, MEDIA_TYPE, HEADERS)
+
+
+def last_id(log: list[Event]) -> int:
+    """The id of the event this door's stream ends with, for an ended generation's log."""
+    return next((i for i, e in enumerate(log, 1) if anthropic.api_events(e)[1]), len(log))
 
 
 def resume_point(request: Request, logged: int) -> int:

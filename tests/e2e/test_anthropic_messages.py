@@ -444,6 +444,9 @@ def test_a_client_that_leaves_mid_stream_stops_the_producer(server: Server) -> N
     assert replay[-1].event == "error" and replay[-1].data["error"]["type"] == "api_error"
     assert "client left" in replay[-1].data["error"]["message"]
     assert not any(e.event == "message_delta" for e in replay)
+    assert replay[-1].id is not None
+    after_the_error = {"Last-Event-ID": replay[-1].id}
+    assert httpx.get(r.url, headers=after_the_error).status_code == 204
 
 
 # -- resuming: GET /sluicegate/generations/{id}/events ---------------------------------------------
@@ -516,7 +519,9 @@ def test_after_query_and_header_precedence(server: Server) -> None:
     assert [e.id for e in replay(params={"after": 8})] == ["9", "10"]
     # EventSource reconnects to the same URL with the header: the header wins.
     assert [e.id for e in replay(params={"after": 2}, headers={"Last-Event-ID": "9"})] == ["10"]
-    assert replay(params={"after": 10}) == []
+    # Past the end of an ended generation: 204, which stops an EventSource reconnecting.
+    r = httpx.get(url, headers={"Last-Event-ID": "10"})
+    assert r.status_code == 204 and r.content == b""
     assert [e.event for e in replay(params={"after": 1})][:2] == ["content_block_start", "ping"]
     for bad in ("11", "-1", "x"):
         r = httpx.get(url, params={"after": bad})
