@@ -1,0 +1,515 @@
+"""OpenAI's Chat Completions and Models shapes, and its error shape, to and from canonical form.
+
+Validation errors name the parameter at fault as OpenAI's own do (`param`, `code`); a field sent
+as null counts as not sent. Streamed chunks follow OpenAI: the same `id` and `created` on every
+chunk, a first chunk with the role, content deltas, a chunk with the `finish_reason`, a usage
+chunk with empty `choices` when asked for, then `[DONE]`. An early end (cancelled, timeout,
+error) is never a finish: it is an in-band `{"error": ...}`, after which the stream just ends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sluicegate import errors
+from sluicegate.events import (
+    EARLY_STOPS,
+    ChatRequest,
+    ErrorEvent,
+    Event,
+    Message,
+    MessageDelta,
+    MessageStart,
+    MessageStop,
+    TextDelta,
+    Usage,
+)
+
+DEFAULT_MAX_TOKENS = 2048
+MAX_STOP = 4  # as OpenAI: "up to 4 sequences"
+DONE = "[DONE]"
+FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+class InvalidRequest(errors.ValidationError):
+    """A 400 that names the parameter at fault and OpenAI's code for the fault."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.openai_code = code
+
+
+class InvalidApiKey(errors.SluicegateError):
+    """A missing or wrong `Authorization: Bearer` key while the server has an api_key."""
+
+    status = 401
+    aws = "UnrecognizedClientException"
+    anthropic = "authentication_error"
+    openai = "authentication_error"
+    openai_code = "invalid_api_key"
+
+
+class ModelNotFound(errors.NotFound):
+    openai_code = "model_not_found"
+
+
+# OpenAI's `code` for errors that have one; the rest send null.
+CODES = {
+    "Throttled": "rate_limit_exceeded",
+    "ModelTimeout": "timeout",
+    "PayloadTooLarge": "request_too_large",
+    "ServiceUnavailable": "service_unavailable",
+    "ModelStreamError": "model_error",
+    "Cancelled": "cancelled",
+}
+
+
+def error_json(exc: errors.SluicegateError) -> dict[str, Any]:
+    """`{"error": {"message", "type", "param", "code"}}`, before the stream or in it."""
+    code = getattr(exc, "openai_code", None) or CODES.get(type(exc).__name__)
+    param = exc.param if isinstance(exc, InvalidRequest) else None
+    return {"error": {"message": exc.message, "type": exc.openai, "param": param, "code": code}}
+
+
+def status_of(exc: errors.SluicegateError) -> int:
+    """The HTTP status on the OpenAI doors (which, unlike Bedrock, have a 413)."""
+    return 413 if isinstance(exc, errors.PayloadTooLarge) else exc.status
+
+
+def early_end(reason: str) -> errors.SluicegateError:
+    """What an early stop reason is on these doors: an error, never a finish."""
+    if reason == "timeout":
+        return errors.ModelTimeout("The model did not finish in time.")
+    if reason in ("cancelled", "disconnected"):
+        return errors.Cancelled(f"The generation was stopped before it finished ({reason}).")
+    return errors.SluicegateError("The model failed before it finished.")
+
+
+# -- reading fields ----------------------------------------------------------------------------
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request ({exc}): send a JSON object."
+        ) from None
+    except RecursionError:
+        raise InvalidRequest("The JSON body of your request nests too deeply.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"The request body must be a JSON object, not {kind(body)}.")
+    return body
+
+
+KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a decimal"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "an object"),
+)
+
+
+def kind(value: Any) -> str:
+    """A JSON value's type in words, as OpenAI's messages put it."""
+    if value is None:
+        return "null"
+    for t, name in KINDS:
+        if isinstance(value, t):
+            return name
+    return type(value).__name__
+
+
+def invalid_type(param: str, expected: str, value: Any) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid type for '{param}': expected {expected}, but got {kind(value)} instead.",
+        param,
+        "invalid_type",
+    )
+
+
+def missing(param: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
+    )
+
+
+def unsupported(param: str, what: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Unsupported parameter: '{param}': {what} is not supported by sluicegate yet.",
+        param,
+        "unsupported_parameter",
+    )
+
+
+def unknown_keys(body: Mapping[str, Any], known: set[str]) -> None:
+    extra = sorted(set(body) - known)
+    if extra:
+        raise InvalidRequest(
+            f"Unrecognized request argument supplied: {extra[0]}", extra[0], "unknown_parameter"
+        )
+
+
+def string(body: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = body.get(key)
+    if value is None and required:
+        raise missing(key)
+    if value is not None and not isinstance(value, str):
+        raise invalid_type(key, "a string", value)
+    return value
+
+
+def boolean(body: Mapping[str, Any], key: str, param: str = "") -> bool | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise invalid_type(param or key, "a boolean", value)
+    return value
+
+
+def integer(body: Mapping[str, Any], key: str, low: int | None = None) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid_type(key, "an integer", value)
+    if low is not None and value < low:
+        raise InvalidRequest(
+            f"Invalid '{key}': integer below minimum value. Expected a value >= {low}, "
+            f"but got {value} instead.",
+            key,
+            "integer_below_min_value",
+        )
+    return value
+
+
+def number(body: Mapping[str, Any], key: str, low: float, high: float) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid_type(key, "a number", value)
+    if not low <= value <= high:
+        side = "below minimum" if value < low else "above maximum"
+        bound = f">= {low:g}" if value < low else f"<= {high:g}"
+        raise InvalidRequest(
+            f"Invalid '{key}': decimal {side} value. Expected a value {bound}, "
+            f"but got {value} instead.",
+            key,
+            f"decimal_{side.replace(' ', '_')}_value",
+        )
+    return float(value)
+
+
+def absent_or(body: Mapping[str, Any], key: str, *allowed: Any) -> None:
+    """A parameter only accepted at its neutral values (null, or one of `allowed`)."""
+    value = body.get(key)
+    if value is not None and value not in allowed:
+        raise unsupported(key, f"{key}={json.dumps(value)}")
+
+
+def turn(role: str, text: str) -> Message:
+    return Message("user" if role == "user" else "assistant", text)
+
+
+def merge_turns(turns: list[Message]) -> tuple[Message, ...]:
+    """Consecutive turns of one role become one (canonical turns alternate)."""
+    out: list[Message] = []
+    for m in turns:
+        if out and out[-1].role == m.role:
+            out[-1] = Message(m.role, out[-1].text + "\n\n" + m.text)
+        else:
+            out.append(m)
+    return tuple(out)
+
+
+# -- Chat Completions requests -----------------------------------------------------------------
+
+CHAT_KEYS = {
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
+    "seed", "n", "stream", "stream_options", "user", "metadata", "store", "frequency_penalty",
+    "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "response_format", "tools",
+    "tool_choice", "functions", "function_call", "parallel_tool_calls", "service_tier",
+    "reasoning_effort", "modalities", "prediction", "audio", "web_search_options",
+    "prompt_cache_key", "prompt_cache_retention", "safety_identifier", "verbosity",
+}  # fmt: skip
+ROLES = ("system", "developer", "user", "assistant")
+MESSAGE_KEYS = {"role", "content", "name", "refusal", "tool_calls", "function_call", "audio"}
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """A Chat Completions request: the canonical request and how to answer it."""
+
+    request: ChatRequest
+    stream: bool
+    include_usage: bool
+
+
+def parse_chat(raw: bytes) -> ChatCall:
+    """Validate a `POST /v1/chat/completions` body."""
+    body = parse_json(raw)
+    unknown_keys(body, CHAT_KEYS)
+    _refuse_unsupported_chat(body)
+    n = integer(body, "n")
+    if n is not None and n != 1:
+        raise InvalidRequest(
+            f"Invalid 'n': sluicegate answers with one choice; send n=1 or leave it out (got {n}).",
+            "n",
+            "invalid_value",
+        )
+    stream = bool(boolean(body, "stream"))
+    system, turns = chat_messages(body.get("messages"))
+    request = ChatRequest(
+        model=string(body, "model", required=True) or "",
+        messages=turns,
+        system=system,
+        max_tokens=_chat_max_tokens(body),
+        temperature=number(body, "temperature", 0.0, 2.0),
+        top_p=number(body, "top_p", 0.0, 1.0),
+        stop_sequences=_stop(body.get("stop")),
+        seed=integer(body, "seed"),
+    )
+    return ChatCall(request, stream, _include_usage(body, stream))
+
+
+def _refuse_unsupported_chat(body: Mapping[str, Any]) -> None:
+    for key in ("tools", "functions"):
+        absent_or(body, key, [])
+    for key in ("tool_choice", "function_call"):
+        absent_or(body, key, "none", "auto")
+    absent_or(body, "logprobs", False)
+    absent_or(body, "top_logprobs", 0)
+    absent_or(body, "logit_bias", {})
+    absent_or(body, "frequency_penalty", 0, 0.0)
+    absent_or(body, "presence_penalty", 0, 0.0)
+    absent_or(body, "response_format", {"type": "text"})
+    absent_or(body, "modalities", ["text"])
+    for key in ("audio", "prediction", "web_search_options"):
+        absent_or(body, key)
+
+
+def _chat_max_tokens(body: Mapping[str, Any]) -> int:
+    found = integer(body, "max_completion_tokens", 1)
+    if found is None:
+        found = integer(body, "max_tokens", 1)
+    return DEFAULT_MAX_TOKENS if found is None else found
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise invalid_type("stop", "a string or an array of strings", value)
+    if len(value) > MAX_STOP:
+        raise InvalidRequest(
+            f"Invalid 'stop': array too long. Expected an array with maximum length {MAX_STOP}, "
+            f"but got an array with length {len(value)} instead.",
+            "stop",
+            "array_above_max_length",
+        )
+    return tuple(value)
+
+
+def _include_usage(body: Mapping[str, Any], stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            "stream_options",
+            "invalid_value",
+        )
+    if not isinstance(options, dict):
+        raise invalid_type("stream_options", "an object", options)
+    return bool(boolean(options, "include_usage", "stream_options.include_usage"))
+
+
+def chat_messages(messages: Any) -> tuple[str, tuple[Message, ...]]:
+    """(the system text, the conversation) from `messages`."""
+    if messages is None:
+        raise missing("messages")
+    if not isinstance(messages, list):
+        raise invalid_type("messages", "an array of message objects", messages)
+    if not messages:
+        raise InvalidRequest(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+            "but got an empty array instead.",
+            "messages",
+            "empty_array",
+        )
+    system: list[str] = []
+    turns: list[Message] = []
+    for i, m in enumerate(messages):
+        role, text = _chat_message(m, f"messages[{i}]")
+        if role in ("user", "assistant"):
+            turns.append(turn(role, text))
+        else:
+            system.append(text)
+    if not turns:
+        raise InvalidRequest(
+            "Invalid 'messages': add at least one 'user' message.", "messages", "invalid_value"
+        )
+    return "\n\n".join(system), merge_turns(turns)
+
+
+def _chat_message(m: Any, where: str) -> tuple[str, str]:
+    if not isinstance(m, dict):
+        raise invalid_type(where, "an object", m)
+    role = m.get("role")
+    if role in ("tool", "function"):
+        raise unsupported(f"{where}.role", f"a {role!r} message (tool use)")
+    if role not in ROLES:
+        raise InvalidRequest(
+            f"Invalid value for '{where}.role': {json.dumps(role)}. Supported values are: "
+            "'system', 'developer', 'user', and 'assistant'.",
+            f"{where}.role",
+            "invalid_value",
+        )
+    unknown_keys(m, MESSAGE_KEYS)
+    for key in ("tool_calls", "function_call", "audio"):
+        if m.get(key) not in (None, []):
+            raise unsupported(f"{where}.{key}", f"{key} in a message")
+    return role, chat_content(m.get("content"), f"{where}.content")
+
+
+def chat_content(content: Any, where: str) -> str:
+    """A message's text: a string, or an array of `{"type": "text", "text": ...}` parts."""
+    if isinstance(content, str):
+        return content
+    if content is None:
+        raise missing(where)
+    if not isinstance(content, list):
+        raise invalid_type(where, "a string or an array of content parts", content)
+    return "".join(part_text(p, f"{where}[{j}]", ("text",)) for j, p in enumerate(content))
+
+
+def part_text(part: Any, where: str, types: tuple[str, ...]) -> str:
+    """The text of one content part whose type is one of `types`; any other type is a 400."""
+    if not isinstance(part, dict):
+        raise invalid_type(where, "an object", part)
+    kind_ = part.get("type")
+    if kind_ not in types:
+        wanted = " or ".join(repr(t) for t in types)
+        shown = repr(kind_) if isinstance(kind_, str) else json.dumps(kind_)
+        raise InvalidRequest(
+            f"Invalid content part at '{where}': type {shown} is not supported by "
+            f"sluicegate yet; send parts of type {wanted}.",
+            f"{where}.type",
+            "unsupported_value",
+        )
+    text = part.get("text")
+    if not isinstance(text, str):
+        raise invalid_type(f"{where}.text", "a string", text)
+    return text
+
+
+# -- Chat Completions answers ------------------------------------------------------------------
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def usage_json(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+
+
+class ChatStream:
+    """Canonical events in, the `data:` payloads of a streamed chat completion out.
+
+    `ended` turns true after `[DONE]` or an in-band error: nothing may follow them."""
+
+    def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
+        self.head = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+        }
+        self.include_usage = include_usage
+        self.ended = False
+
+    def feed(self, event: Event) -> list[str]:
+        if self.ended:
+            return []
+        match event:
+            case MessageStart():
+                return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
+            case TextDelta() if event.text:
+                return [self._chunk({"content": event.text})]
+            case ErrorEvent():
+                return self._fail(errors.from_event(event.code, event.message))
+            case MessageDelta() if event.stop_reason in EARLY_STOPS:
+                return self._fail(early_end(event.stop_reason))
+            case MessageDelta():
+                return [self._chunk({}, FINISH.get(event.stop_reason, "stop"))]
+            case MessageStop():
+                self.ended = True
+                usage = [dumps(self._usage_chunk(event.usage))] if self.include_usage else []
+                return [*usage, DONE]
+        return []
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        extra = {"usage": None} if self.include_usage else {}
+        return dumps({**self.head, "choices": [choice], **extra})
+
+    def _usage_chunk(self, usage: Usage) -> dict[str, Any]:
+        return {**self.head, "choices": [], "usage": usage_json(usage)}
+
+    def _fail(self, exc: errors.SluicegateError) -> list[str]:
+        self.ended = True
+        return [dumps(error_json(exc))]
+
+
+def completion_json(
+    completion_id: str, created: int, model: str, events: list[Event]
+) -> dict[str, Any]:
+    """The whole `chat.completion` of a generation that ended naturally."""
+    delta = next((e for e in events if isinstance(e, MessageDelta)), None)
+    stop = next((e for e in events if isinstance(e, MessageStop)), MessageStop())
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    reason = FINISH.get(delta.stop_reason, "stop") if delta else "stop"
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": text,
+        "refusal": None,
+        "annotations": [],
+    }
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
+        "usage": usage_json(stop.usage),
+        "system_fingerprint": None,
+    }
+
+
+# -- Models --------------------------------------------------------------------------------------
+
+
+def model_json(model_id: str, created: int) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "sluicegate"}
+
+
+def models_json(ids: list[str], created: int) -> dict[str, Any]:
+    return {"object": "list", "data": [model_json(i, created) for i in ids]}
