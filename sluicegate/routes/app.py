@@ -17,6 +17,7 @@ from sluicegate.config import Settings
 from sluicegate.gateway import Gateway
 from sluicegate.routes import anthropic as anthropic_door
 from sluicegate.routes import bedrock, metrics, web
+from sluicegate.routes import openai as openai_door
 from sluicegate.routes.connections import connections_api
 from sluicegate.routes.function_url import Functions
 from sluicegate.routes.websocket import WebSocketApi, cancel_all
@@ -80,6 +81,7 @@ def create_app(
         routes=[
             *bedrock.routes(),
             *anthropic_door.routes(),
+            *openai_door.routes(),
             *metrics.routes(),
             ws_api.route(),
             *connections_api(connections, ws.stage, api_key, accepted),

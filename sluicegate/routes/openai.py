@@ -1,0 +1,301 @@
+"""The OpenAI doors: Chat Completions, Models and Responses, streamed as server-sent events.
+
+With an `api_key` configured every call needs `Authorization: Bearer <key>` (401
+`invalid_api_key` otherwise); without one any key is accepted. Errors before the first byte are
+OpenAI's JSON shape with its status; after it, in-band (a `data: {"error": ...}` chunk on Chat
+Completions, `response.failed` on Responses). Every event carries an SSE `id:`: the generation
+log index on Chat Completions, the `sequence_number` on Responses.
+
+Responses are stored (unless `store` is false) and found again by id, by the same caller only.
+A background response keeps generating when its client leaves; `GET /v1/responses/{id}?stream=
+true&starting_after=N` (or `Last-Event-ID: N`) replays the events after N from the log and
+follows it live; `POST /v1/responses/{id}/cancel` stops the generation.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sluicegate import errors
+from sluicegate.codecs import sse
+from sluicegate.events import EARLY_STOPS, ChatRequest, Event
+from sluicegate.gateway import Gateway
+from sluicegate.generation import Generation
+from sluicegate.routes.aws import caller
+from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
+from sluicegate.routes.streaming import StreamResponse, wait_or_disconnect
+from sluicegate.translate import openai
+from sluicegate.translate.openai_responses import (
+    ResponseMeta,
+    ResponseStream,
+    parse_request,
+    replay,
+)
+
+ROUTE = "openai"
+STARTED = int(time.time())  # the `created` of every model
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def openai_door(endpoint: Endpoint) -> Endpoint:
+    """Check the key, then answer any SluicegateError in OpenAI's shape."""
+
+    @functools.wraps(endpoint)
+    async def wrapped(request: Request) -> Response:
+        try:
+            authenticate(request)
+            return await endpoint(request)
+        except errors.SluicegateError as exc:
+            return JSONResponse(openai.error_json(exc), openai.status_of(exc))
+
+    return wrapped
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def authenticate(request: Request) -> None:
+    key = gateway_of(request).settings.api_key
+    if not key:
+        return
+    sent = request.headers.get("authorization", "")
+    if not hmac.compare_digest(sent.encode(), f"Bearer {key}".encode()):
+        what = "Incorrect API key provided" if sent else "You didn't provide an API key"
+        raise openai.InvalidApiKey(
+            f"{what}: send the server's api_key as the header `Authorization: Bearer <key>`."
+        )
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused as soon as it passes the configured limit."""
+    limit = gateway_of(request).settings.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    size = int(declared) if declared.isdigit() else 0
+    body = bytearray()
+    if size <= limit:
+        async for chunk in request.stream():
+            body += chunk
+            size = len(body)
+            if size > limit:
+                break
+    if size > limit:
+        raise errors.PayloadTooLarge(
+            f"The request body ({size:,} bytes or more) is over the {limit:,}-byte limit: "
+            "send less."
+        )
+    return bytes(body)
+
+
+async def start(request: Request, chat: ChatRequest) -> Generation:
+    owner = caller(request.headers.get("authorization", ""))
+    return await gateway_of(request).start(chat, route=ROUTE, owner=owner)
+
+
+async def finished(request: Request, gen: Generation) -> list[Event]:
+    """The log of a generation waited for to its end; an early end raises as its error."""
+    await wait_or_disconnect(request, gen)
+    if gen.error is not None:
+        raise gen.error
+    if gen.stop_reason in EARLY_STOPS:
+        raise openai.early_end(gen.stop_reason or "error")
+    return gen.log
+
+
+def suffix(gen: Generation) -> str:
+    """The generation id's random part, for the ids this door shows."""
+    return gen.id.rsplit("_", 1)[-1]
+
+
+def headers(gen: Generation) -> dict[str, str]:
+    return {"x-request-id": gen.id}
+
+
+# A comment line with no blank line after it. The openai SDK's decoder keeps the last event id
+# across events (as the spec says) and so turns a blank line after a bare comment (`:\n\n`)
+# into an empty event once any `id:` was sent, which it then fails to parse as JSON. A comment
+# line alone dispatches nothing, in every parser, and still keeps proxies from timing out.
+BEAT = sse.comment().removesuffix(b"\n")
+
+
+def heartbeat(request: Request) -> tuple[bytes, float]:
+    return BEAT, gateway_of(request).settings.sse_heartbeat_seconds
+
+
+def following(request: Request, gen: Generation, chunks: AsyncGenerator[bytes, None]) -> Response:
+    """An SSE answer whose client only watches: leaving stops the sending, not the generation."""
+    beat, every = heartbeat(request)
+    return StreamResponse(
+        with_heartbeats(chunks, beat, every), MEDIA_TYPE, {**HEADERS, **headers(gen)}
+    )
+
+
+# -- Chat Completions ---------------------------------------------------------------------------
+
+
+async def chat_completions(request: Request) -> Response:
+    call = openai.parse_chat(await read_body(request))
+    gen = await start(request, call.request)
+    completion_id, created, model = "chatcmpl-" + suffix(gen), int(time.time()), call.request.model
+    if not call.stream:
+        events = await finished(request, gen)
+        body = openai.completion_json(completion_id, created, model, events)
+        return JSONResponse(body, headers=headers(gen))
+    chat = openai.ChatStream(completion_id, created, model, call.include_usage)
+    beat, every = heartbeat(request)
+    return sse_response(gen, chat_events(gen, chat), beat, every, headers(gen))
+
+
+async def chat_events(gen: Generation, chat: openai.ChatStream) -> AsyncGenerator[bytes, None]:
+    async for i, event in gen.follow():
+        for data in chat.feed(event):
+            yield sse.encode(data, id=str(i))
+        if chat.ended:
+            return
+
+
+# -- Models ---------------------------------------------------------------------------------------
+
+
+def model_ids(request: Request) -> list[str]:
+    return [model_id for model_id, *_ in gateway_of(request).settings.model_choices()]
+
+
+async def list_models(request: Request) -> Response:
+    return JSONResponse(openai.models_json(model_ids(request), STARTED))
+
+
+async def get_model(request: Request) -> Response:
+    model_id = request.path_params["model_id"]
+    settings = gateway_of(request).settings
+    if model_id not in model_ids(request) and settings.provider_for(model_id) is None:
+        raise openai.ModelNotFound(f"The model '{model_id}' does not exist: no route serves it.")
+    return JSONResponse(openai.model_json(model_id, STARTED))
+
+
+# -- Responses ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    meta: ResponseMeta
+    gen: Generation
+    owner: str
+
+
+class Responses:
+    """The Responses API over stored responses (each one generation)."""
+
+    def __init__(self) -> None:
+        self.stored: OrderedDict[str, Stored] = OrderedDict()
+
+    def keep(self, gateway: Gateway, stored: Stored) -> None:
+        """Remember a response for as long as the gateway keeps its generation."""
+        self.stored[stored.meta.id] = stored
+        for key in [k for k, s in self.stored.items() if s.gen.id not in gateway.generations]:
+            del self.stored[key]
+
+    def find(self, request: Request) -> Stored:
+        response_id = request.path_params["response_id"]
+        found = self.stored.get(response_id)
+        owner = caller(request.headers.get("authorization", ""))
+        if found is None or found.owner != owner:
+            raise errors.NotFound(f"Response with id '{response_id}' not found.")
+        return found
+
+    async def create(self, request: Request) -> Response:
+        call = parse_request(await read_body(request))
+        gen = await start(request, call.request)
+        stored = Stored(ResponseMeta("resp_" + suffix(gen), int(time.time()), call), gen, gen.owner)
+        if call.store:
+            self.keep(gateway_of(request), stored)
+        if call.stream:
+            chunks = response_events(stored, -1)
+            if call.background:
+                return following(request, gen, chunks)
+            beat, every = heartbeat(request)
+            return sse_response(gen, chunks, beat, every, headers(gen))
+        if not call.background:
+            await finished(request, gen)
+        return snapshot(stored)
+
+    async def retrieve(self, request: Request) -> Response:
+        stored = self.find(request)
+        if request.query_params.get("stream", "").lower() not in ("true", "1"):
+            return snapshot(stored)
+        after = starting_after(request)
+        return following(request, stored.gen, response_events(stored, after))
+
+    async def cancel(self, request: Request) -> Response:
+        stored = self.find(request)
+        if not stored.meta.call.background:
+            raise openai.InvalidRequest(
+                "Only responses created with background=true can be cancelled."
+            )
+        stored.gen.cancel("cancelled")
+        await stored.gen.wait()
+        if replay(stored.meta, stored.gen.log).status != "cancelled":
+            raise openai.InvalidRequest("Cannot cancel a response that has already finished.")
+        return snapshot(stored)
+
+    async def delete(self, request: Request) -> Response:
+        stored = self.find(request)
+        stored.gen.cancel("cancelled")
+        del self.stored[stored.meta.id]
+        body = {"id": stored.meta.id, "object": "response.deleted", "deleted": True}
+        return JSONResponse(body, headers=headers(stored.gen))
+
+
+def snapshot(stored: Stored) -> JSONResponse:
+    body = replay(stored.meta, stored.gen.log).snapshot()
+    return JSONResponse(body, headers=headers(stored.gen))
+
+
+def starting_after(request: Request) -> int:
+    """Where a resumed stream starts: after `starting_after`, else after `Last-Event-ID`."""
+    raw = request.query_params.get("starting_after") or request.headers.get("last-event-id")
+    if raw is None:
+        return -1
+    try:
+        return int(raw)
+    except ValueError:
+        raise openai.invalid_type("starting_after", "an integer", raw) from None
+
+
+async def response_events(stored: Stored, after: int) -> AsyncGenerator[bytes, None]:
+    """The numbered Responses events from the log, those after `after`, live to the end."""
+    stream = ResponseStream(stored.meta)
+    async for _, event in stored.gen.follow():
+        for data in stream.feed(event):
+            n = data["sequence_number"]
+            if n > after:
+                yield sse.encode(openai.dumps(data), event=data["type"], id=str(n))
+
+
+def routes() -> list[Route]:
+    responses = Responses()
+    one = "/v1/responses/{response_id}"
+
+    def r(path: str, endpoint: Endpoint, method: str) -> Route:
+        return Route(path, openai_door(endpoint), methods=[method])
+
+    return [
+        r("/v1/chat/completions", chat_completions, "POST"),
+        r("/v1/models", list_models, "GET"),
+        r("/v1/models/{model_id:path}", get_model, "GET"),
+        r("/v1/responses", responses.create, "POST"),
+        r(one, responses.retrieve, "GET"),
+        r(one, responses.delete, "DELETE"),
+        r(one + "/cancel", responses.cancel, "POST"),
+    ]
