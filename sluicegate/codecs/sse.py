@@ -42,9 +42,11 @@ def encode(data: str, *, event: str | None = None, id: str | None = None) -> byt
 
 
 def comment(text: str = "") -> bytes:
-    """A comment line, ignored by every client: a heartbeat."""
+    """A comment line, which clients skip: a heartbeat. No blank line follows it: the openai and
+    anthropic SDKs dispatch a blank line after a comment as an empty event (they keep the last
+    id), and then fail to parse it."""
     _check_field(text, "comment")
-    return f": {text}\n\n".encode() if text else b":\n\n"
+    return f": {text}\n".encode() if text else b":\n"
 
 
 def _check_field(value: str, name: str) -> None:

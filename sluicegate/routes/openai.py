@@ -126,7 +126,7 @@ def headers(gen: Generation) -> dict[str, str]:
 # across events (as the spec says) and so turns a blank line after a bare comment (`:\n\n`)
 # into an empty event once any `id:` was sent, which it then fails to parse as JSON. A comment
 # line alone dispatches nothing, in every parser, and still keeps proxies from timing out.
-BEAT = sse.comment().removesuffix(b"\n")
+BEAT = sse.comment()
 
 
 def heartbeat(request: Request) -> tuple[bytes, float]:
