@@ -22,8 +22,12 @@ from tests.providers.test_engine import Collector, sequence, sink
 
 class Faulty(Engine):
     fail = False
+    countdown: int | None = None  # decodes left before `fail` sets itself
 
     def _decode(self, ctx: Any, batch: Any) -> None:
+        if self.countdown is not None:
+            self.countdown -= 1
+            self.fail = self.fail or self.countdown < 0
         if self.fail:
             raise RuntimeError("injected: llama_decode returned -3")
         super()._decode(ctx, batch)
@@ -43,15 +47,16 @@ def faulty(local: LocalProvider) -> Iterator[Faulty]:
 def test_a_failed_decode_ends_every_sequence_and_refuses_new_ones(
     local: LocalProvider, faulty: Faulty
 ) -> None:
-    seqs = [sequence(local, f"Tell a long story about {x}.", 300) for x in "abcd"]
+    # Greedy, so that no answer can end by itself within the steps before the fault.
+    seqs = [sequence(local, f"Tell a long story about {x}.", 300, temperature=0) for x in "abcd"]
+    faulty.countdown = 4  # the prompts' step, three decode steps, then the fault
     for seq in seqs:
         faulty.submit(seq)
-    assert wait_until(lambda: all(s.decoded >= 3 for s in seqs[:2]), timeout=60)
-    assert faulty.active() == (2, 2)  # two decoding, two queued
-    faulty.fail = True
     for seq in seqs:
         assert sink(seq).done.wait(30), "a sequence was left waiting on a dead engine"
         assert sink(seq).finish == "error"
+    # two were decoding (b may have joined a step late), two queued
+    assert all(s.decoded >= 3 for s in seqs[:2]) and [s.decoded for s in seqs[2:]] == [0, 0]
     assert not faulty.alive and faulty.failure is not None and "injected" in faulty.failure
     with pytest.raises(errors.ServiceUnavailable, match="stopped"):
         faulty.submit(sequence(local, "Anyone there?", 5))
