@@ -65,7 +65,11 @@ class Upstream:
         self.settings = settings
         s = settings
         self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(s.idle_timeout_seconds, connect=s.connect_timeout_seconds),
+            # Our own deadlines are tighter: httpx's read timeout is only a backstop.
+            timeout=httpx.Timeout(
+                max(s.idle_timeout_seconds, s.first_byte_timeout_seconds) + 1,
+                connect=s.connect_timeout_seconds,
+            ),
             limits=httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=32),
         )
         self.limiter = Limiter(s.max_concurrency, s.max_queue)
@@ -117,18 +121,22 @@ class Upstream:
 
     async def chunks(self, response: httpx.Response, meter: Meter) -> AsyncIterator[bytes]:
         """The body as it comes; silence past a deadline (first byte, then between chunks) or
-        a cut connection is an in-band error. Time spent waiting counts as the upstream's."""
+        a cut connection is an in-band error. Time spent waiting counts as the upstream's.
+
+        A timer per read (asyncio.timeout: a timer handle, no task), never across a yield."""
         raw = response.aiter_raw()
-        deadline = self.settings.first_byte_timeout_seconds
+        s = self.settings
+        deadline, which = s.first_byte_timeout_seconds, "for its first byte"
         while True:
             started = time.monotonic()
             try:
-                chunk = await asyncio.wait_for(anext(raw), deadline)
+                async with asyncio.timeout(deadline):
+                    chunk = await anext(raw)
             except StopAsyncIteration:
                 return
-            except TimeoutError:
+            except (TimeoutError, httpx.ReadTimeout):
                 raise errors.ModelTimeout(
-                    f"Provider {self.name} sent nothing for {deadline:g} s."
+                    f"Provider {self.name} sent nothing {which} ({deadline:g} s)."
                 ) from None
             except httpx.TransportError as exc:
                 raise errors.ModelStreamError(
@@ -137,9 +145,7 @@ class Upstream:
             finally:
                 meter.upstream_seconds += time.monotonic() - started
             if chunk:
-                deadline = self.settings.idle_timeout_seconds
-            else:
-                deadline -= time.monotonic() - started
+                deadline, which = s.idle_timeout_seconds, "between two chunks"
             yield chunk
 
 
