@@ -65,9 +65,10 @@ class Upstream:
         self.settings = settings
         s = settings
         self.client = httpx.AsyncClient(
-            # Our own deadlines are tighter: httpx's read timeout is only a backstop.
+            # httpx's own timer on every read (httpcore sets one anyway) is the idle deadline
+            # unless the first byte may take longer; `chunks` then times reads itself.
             timeout=httpx.Timeout(
-                max(s.idle_timeout_seconds, s.first_byte_timeout_seconds) + 1,
+                max(s.idle_timeout_seconds, s.first_byte_timeout_seconds),
                 connect=s.connect_timeout_seconds,
             ),
             limits=httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=32),
@@ -123,14 +124,21 @@ class Upstream:
         """The body as it comes; silence past a deadline (first byte, then between chunks) or
         a cut connection is an in-band error. Time spent waiting counts as the upstream's.
 
-        A timer per read (asyncio.timeout: a timer handle, no task), never across a yield."""
+        The first read has a timer of ours (asyncio.timeout: a handle, no task, never across a
+        yield); later ones too only if the idle deadline is the shorter one, else httpx's read
+        timeout is that deadline: one timer per read is what the hot path can afford."""
         raw = response.aiter_raw()
         s = self.settings
+        timed = s.idle_timeout_seconds < s.first_byte_timeout_seconds
         deadline, which = s.first_byte_timeout_seconds, "for its first byte"
+        first = True
         while True:
             started = time.monotonic()
             try:
-                async with asyncio.timeout(deadline):
+                if first or timed:
+                    async with asyncio.timeout(deadline):
+                        chunk = await anext(raw)
+                else:
                     chunk = await anext(raw)
             except StopAsyncIteration:
                 return
@@ -144,8 +152,8 @@ class Upstream:
                 ) from None
             finally:
                 meter.upstream_seconds += time.monotonic() - started
-            if chunk:
-                deadline, which = s.idle_timeout_seconds, "between two chunks"
+            if chunk and first:
+                first, deadline, which = False, s.idle_timeout_seconds, "between two chunks"
             yield chunk
 
 

@@ -243,13 +243,19 @@ def test_a_refused_connection_is_503(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
-    ("behaviour", "frame"), [("cut", "modelStreamError"), ("stall", "modelTimeout")]
+    ("behaviour", "frame", "first_byte"),
+    [
+        ("cut", "modelStreamError", 60),
+        ("stall", "modelTimeout", 60),  # the idle deadline is the shorter: timed by us
+        ("stall", "modelTimeout", 0.5),  # as long as the first-byte one: httpx's read timeout
+    ],
 )
 def test_a_stream_cut_or_stalled_mid_way_ends_with_an_exception_frame(
-    kind: str, behaviour: str, frame: str
+    kind: str, behaviour: str, frame: str, first_byte: float
 ) -> None:
     url, done = serve_app(fake(behaviour, kind))
-    gw = gateway_in_front(kind, url + ("/v1" if kind == "openai" else ""), idle_timeout_seconds=0.5)
+    deadlines = {"idle_timeout_seconds": 0.5, "first_byte_timeout_seconds": first_byte}
+    gw = gateway_in_front(kind, url + ("/v1" if kind == "openai" else ""), **deadlines)
     try:
         started = time.monotonic()
         response = gw.bedrock().invoke_model_with_response_stream(modelId=MODEL, body=body("hi"))
