@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from sluicegate import errors
-from sluicegate.codecs.sse import SSEError, SSEParser
 from sluicegate.config import UpstreamSettings
-from sluicegate.events import ChatRequest, Event, StopReason, TextDelta
+from sluicegate.events import ChatRequest, StopReason
 from sluicegate.generation import Meter
-from sluicegate.providers.upstream import Upstream, ending, opening
+from sluicegate.providers.upstream import Finish, Upstream
 
 API_VERSION = "2023-06-01"
 FINISHES: dict[str, StopReason] = {"max_tokens": "max_tokens", "stop_sequence": "stop_sequence"}
@@ -38,52 +37,31 @@ class AnthropicProvider(Upstream):
     def describe(self) -> str:
         return f"{self.name}: Anthropic Messages API at {self.url}"
 
-    async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
+    def outgoing(self, request: ChatRequest) -> httpx.Request:
         headers = {"anthropic-version": API_VERSION, "accept": "text/event-stream"}
         key = self.key()
         if key is not None:
             headers["x-api-key"] = key
-        outgoing = self.client.build_request("POST", self.url, json=body(request), headers=headers)
-        async with self.limiter.slot(self.name):
-            response = await self.open(outgoing, meter)
-            try:
-                for event in opening():
-                    yield event
-                reason: StopReason = "end_turn"
-                async for data in self._data(response, meter):
-                    kind = data.get("type")
-                    if kind == "content_block_delta":
-                        text = data.get("delta", {}).get("text")
-                        if isinstance(text, str) and text:
-                            meter.usage.output_tokens += 1  # a delta a token, until usage says
-                            yield TextDelta(text)
-                    elif kind in ("message_start", "message_delta"):
-                        reason = _usage_and_reason(data, meter, reason)
-                    elif kind == "message_stop":
-                        break
-                for event in ending(reason):
-                    yield event
-            finally:
-                await response.aclose()
+        return self.client.build_request("POST", self.url, json=body(request), headers=headers)
 
-    async def _data(
-        self, response: httpx.Response, meter: Meter
-    ) -> AsyncGenerator[dict[str, Any], None]:
-        parser = SSEParser()
-        async for raw in self.chunks(response, meter):
-            try:
-                events = parser.feed(raw)
-            except SSEError as exc:
-                raise errors.ModelStreamError(f"Provider {self.name}: {exc}") from None
-            for event in events:
-                data = _json(event.data)
-                if data.get("type") == "error" or event.event == "error":
-                    error = data.get("error", {})
-                    kind = ERRORS.get(str(error.get("type")), errors.ModelStreamError)
-                    raise kind(f"Provider {self.name} failed: {error.get('message', event.data)}")
-                yield data
-                if data.get("type") == "message_stop":
-                    return
+    async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[str | Finish]:
+        async for event in self.sse(response, meter):
+            data = _json(event.data)
+            kind = data.get("type")
+            if kind == "error" or event.event == "error":
+                error = data.get("error", {})
+                cls = ERRORS.get(str(error.get("type")), errors.ModelStreamError)
+                raise cls(f"Provider {self.name} failed: {error.get('message', event.data)}")
+            if kind == "content_block_delta":
+                text = data.get("delta", {}).get("text")
+                if isinstance(text, str):
+                    yield text
+            elif kind in ("message_start", "message_delta"):
+                finish = _usage_and_reason(data, meter)
+                if finish is not None:
+                    yield finish
+            elif kind == "message_stop":
+                return
         raise errors.ModelStreamError(f"Provider {self.name} ended the stream before message_stop.")
 
 
@@ -114,7 +92,7 @@ def _json(data: str) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def _usage_and_reason(data: dict[str, Any], meter: Meter, reason: StopReason) -> StopReason:
+def _usage_and_reason(data: dict[str, Any], meter: Meter) -> Finish | None:
     usage = data.get("usage") or data.get("message", {}).get("usage") or {}
     if isinstance(usage, dict):
         if "input_tokens" in usage:
@@ -122,4 +100,4 @@ def _usage_and_reason(data: dict[str, Any], meter: Meter, reason: StopReason) ->
         if "output_tokens" in usage and data.get("type") == "message_delta":
             meter.usage.output_tokens = int(usage["output_tokens"] or 0)
     stop = data.get("delta", {}).get("stop_reason")
-    return FINISHES.get(stop, "end_turn") if isinstance(stop, str) else reason
+    return Finish(FINISHES.get(stop, "end_turn")) if isinstance(stop, str) else None

@@ -6,7 +6,7 @@ decoder over the pooled HTTP client (no thread per stream, no boto3 call on the 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -18,9 +18,9 @@ from botocore.awsrequest import AWSRequest
 from sluicegate import errors
 from sluicegate.codecs.eventstream import EventStreamDecoder, EventStreamError, Message
 from sluicegate.config import UpstreamSettings
-from sluicegate.events import ChatRequest, Event, StopReason, TextDelta
+from sluicegate.events import ChatRequest, StopReason
 from sluicegate.generation import Meter
-from sluicegate.providers.upstream import Upstream, ending, opening
+from sluicegate.providers.upstream import Finish, Upstream
 
 FINISHES: dict[str, StopReason] = {"max_tokens": "max_tokens", "stop_sequence": "stop_sequence"}
 # Exception frames by their :exception-type, as ours.
@@ -46,6 +46,9 @@ class BedrockProvider(Upstream):
     def describe(self) -> str:
         return f"{self.name}: Bedrock Runtime at {self.endpoint} ({self.region}), ConverseStream"
 
+    def outgoing(self, request: ChatRequest) -> httpx.Request:
+        return self._signed(request.model, json.dumps(body(request)).encode())
+
     def _signed(self, model: str, payload: bytes) -> httpx.Request:
         credentials = self._session.get_credentials()
         if credentials is None:
@@ -57,27 +60,16 @@ class BedrockProvider(Upstream):
         SigV4Auth(credentials.get_frozen_credentials(), "bedrock", self.region).add_auth(aws)
         return self.client.build_request("POST", url, content=payload, headers=dict(aws.headers))
 
-    async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
-        outgoing = self._signed(request.model, json.dumps(body(request)).encode())
-        async with self.limiter.slot(self.name):
-            response = await self.open(outgoing, meter)
-            try:
-                for event in opening():
-                    yield event
-                reason: StopReason = "end_turn"
-                async for kind, data in self._events(response, meter):
-                    if kind == "contentBlockDelta":
-                        text = data.get("delta", {}).get("text")
-                        if isinstance(text, str) and text:
-                            yield TextDelta(text)
-                    elif kind == "messageStop":
-                        reason = FINISHES.get(str(data.get("stopReason")), "end_turn")
-                    elif kind == "metadata":
-                        _usage(data, meter)
-                for event in ending(reason):
-                    yield event
-            finally:
-                await response.aclose()
+    async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[str | Finish]:
+        async for kind, data in self._events(response, meter):
+            if kind == "contentBlockDelta":
+                text = data.get("delta", {}).get("text")
+                if isinstance(text, str):
+                    yield text
+            elif kind == "messageStop":
+                yield Finish(FINISHES.get(str(data.get("stopReason")), "end_turn"))
+            elif kind == "metadata":
+                _usage(data, meter)
 
     async def _events(
         self, response: httpx.Response, meter: Meter

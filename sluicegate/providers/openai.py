@@ -4,17 +4,16 @@ through its streaming Chat Completions API, chunk by chunk, usage from `include_
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from sluicegate import errors
-from sluicegate.codecs.sse import SSEError, SSEParser
 from sluicegate.config import UpstreamSettings
-from sluicegate.events import ChatRequest, Event, StopReason, TextDelta
+from sluicegate.events import ChatRequest, StopReason
 from sluicegate.generation import Meter
-from sluicegate.providers.upstream import Upstream, ending, opening
+from sluicegate.providers.upstream import Finish, Upstream
 
 FINISHES: dict[str, StopReason] = {"length": "max_tokens"}  # stop, content_filter...: end_turn
 
@@ -29,43 +28,25 @@ class OpenAIProvider(Upstream):
     def describe(self) -> str:
         return f"{self.name}: OpenAI-compatible API at {self.url}"
 
-    async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
+    def outgoing(self, request: ChatRequest) -> httpx.Request:
         headers = {"accept": "text/event-stream"}
         key = self.key()
         if key is not None:
             headers["authorization"] = f"Bearer {key}"
-        outgoing = self.client.build_request("POST", self.url, json=body(request), headers=headers)
-        async with self.limiter.slot(self.name):
-            response = await self.open(outgoing, meter)
-            try:
-                for event in opening():
-                    yield event
-                reason: StopReason = "end_turn"
-                async for data in self._data(response, meter):
-                    reason = _finish(data, reason)
-                    _usage(data, meter)
-                    for text in _texts(data):
-                        meter.usage.output_tokens += 1  # a chunk a token, until usage says
-                        yield TextDelta(text)
-                for event in ending(reason):
-                    yield event
-            finally:
-                await response.aclose()
+        return self.client.build_request("POST", self.url, json=body(request), headers=headers)
 
-    async def _data(
-        self, response: httpx.Response, meter: Meter
-    ) -> AsyncGenerator[dict[str, Any], None]:
-        """Each chunk's JSON until [DONE]; an error chunk or an unreadable one is in-band."""
-        parser = SSEParser()
-        async for raw in self.chunks(response, meter):
-            try:
-                events = parser.feed(raw)
-            except SSEError as exc:
-                raise errors.ModelStreamError(f"Provider {self.name}: {exc}") from None
-            for event in events:
-                if event.data.strip() == "[DONE]":
-                    return
-                yield self._chunk(event.data)
+    async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[str | Finish]:
+        """Each chunk's text until [DONE]; an error chunk or an unreadable one is in-band."""
+        async for event in self.sse(response, meter):
+            if event.data.strip() == "[DONE]":
+                return
+            chunk = self._chunk(event.data)
+            _usage(chunk, meter)
+            for text in _texts(chunk):
+                yield text
+            finish = _choice(chunk).get("finish_reason")
+            if isinstance(finish, str):
+                yield Finish(FINISHES.get(finish, "end_turn"))
         raise errors.ModelStreamError(f"Provider {self.name} ended the stream without [DONE].")
 
     def _chunk(self, data: str) -> dict[str, Any]:
@@ -119,13 +100,6 @@ def _texts(chunk: dict[str, Any]) -> list[str]:
     delta = _choice(chunk).get("delta")
     content = delta.get("content") if isinstance(delta, dict) else None
     return [content] if isinstance(content, str) and content else []
-
-
-def _finish(chunk: dict[str, Any], reason: StopReason) -> StopReason:
-    finish = _choice(chunk).get("finish_reason")
-    if not isinstance(finish, str):
-        return reason
-    return FINISHES.get(finish, "end_turn")
 
 
 def _usage(chunk: dict[str, Any], meter: Meter) -> None:

@@ -15,21 +15,25 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from sluicegate import errors
+from sluicegate.codecs.sse import ServerSentEvent, SSEError, SSEParser
 from sluicegate.config import UpstreamSettings
 from sluicegate.events import (
     BlockStart,
     BlockStop,
+    ChatRequest,
     Event,
     MessageDelta,
     MessageStart,
     MessageStop,
     StopReason,
+    TextDelta,
 )
 from sluicegate.generation import Meter
 
@@ -57,8 +61,16 @@ class Limiter:
             self._free.release()
 
 
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The upstream's own end of the answer, among its text pieces."""
+
+    reason: StopReason
+
+
 class Upstream:
-    """An HTTP upstream: its client, limits, deadlines and key; subclasses speak its API."""
+    """An HTTP upstream: its client, limits, deadlines and key; subclasses speak its API:
+    `outgoing` builds the request, `pieces` reads the answer as text and a Finish."""
 
     def __init__(self, name: str, settings: UpstreamSettings) -> None:
         self.name = name
@@ -95,6 +107,43 @@ class Upstream:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def outgoing(self, request: ChatRequest) -> httpx.Request:
+        raise NotImplementedError
+
+    def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[str | Finish]:
+        raise NotImplementedError
+
+    async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
+        """One message from the upstream; closing it closes the upstream response."""
+        outgoing = self.outgoing(request)
+        async with self.limiter.slot(self.name):
+            response = await self.open(outgoing, meter)
+            try:
+                for event in opening():
+                    yield event
+                reason: StopReason = "end_turn"
+                async for piece in self.pieces(response, meter):
+                    if isinstance(piece, Finish):
+                        reason = piece.reason
+                    elif piece:
+                        meter.usage.output_tokens += 1  # a piece a token, until usage says
+                        yield TextDelta(piece)
+                for event in ending(reason):
+                    yield event
+            finally:
+                await response.aclose()
+
+    async def sse(self, response: httpx.Response, meter: Meter) -> AsyncIterator[ServerSentEvent]:
+        """The body's server-sent events (the openai and anthropic APIs)."""
+        parser = SSEParser()
+        async for raw in self.chunks(response, meter):
+            try:
+                events = parser.feed(raw)
+            except SSEError as exc:
+                raise errors.ModelStreamError(f"Provider {self.name}: {exc}") from None
+            for event in events:
+                yield event
 
     async def open(self, request: httpx.Request, meter: Meter) -> httpx.Response:
         """Send and wait for the status line, within the first-byte deadline; errors before
