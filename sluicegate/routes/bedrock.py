@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from sluicegate import errors
 from sluicegate.codecs import eventstream
-from sluicegate.events import ChatRequest, ErrorEvent, Event, MessageDelta, MessageStop
+from sluicegate.events import EARLY_STOPS, ChatRequest, Event, MessageStop
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import caller, error_response, require_signature
@@ -83,8 +83,8 @@ async def finished_events(request: Request, gen: Generation) -> list[Event]:
     await wait_or_disconnect(request, gen)
     if gen.error is not None:
         raise gen.error
-    if gen.stop_reason == "timeout":
-        raise errors.ModelTimeout("The model did not finish in time.")
+    if gen.stop_reason in EARLY_STOPS:  # no stop reason of Bedrock's says "ended early"
+        raise anthropic.early_stop_error(gen.stop_reason, gen.usage.output_tokens)
     return gen.log
 
 
@@ -127,7 +127,7 @@ async def frames(
 ) -> AsyncGenerator[bytes, None]:
     """The event stream of a generation; a failure ends it with an exception frame."""
     async for _, event in gen.follow():
-        failure = _failure(event)
+        failure = anthropic.early_end(event)
         if failure is not None:
             yield eventstream.exception(failure.aws_event, failure.message)
             return
@@ -145,15 +145,6 @@ def chunk_frame(event: Event) -> bytes | None:
         data["amazon-bedrock-invocationMetrics"] = anthropic.invocation_metrics(event)
     raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
     return eventstream.event("chunk", converse.dumps({"bytes": base64.b64encode(raw).decode()}))
-
-
-def _failure(event: Event) -> errors.SluicegateError | None:
-    """An in-band error, or a timeout (which Bedrock reports as modelTimeoutException)."""
-    if isinstance(event, ErrorEvent):
-        return errors.from_event(event.code, event.message)
-    if isinstance(event, MessageDelta) and event.stop_reason == "timeout":
-        return errors.ModelTimeout("The model did not finish in time.")
-    return None
 
 
 # -- Converse / ConverseStream -----------------------------------------------------------------

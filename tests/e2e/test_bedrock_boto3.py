@@ -297,3 +297,34 @@ def test_explicit_sampling_reaches_the_engine_unchanged(server: Server) -> None:
         modelId="scripted-x", messages=[{"role": "user", "content": [{"text": "Hi."}]}]
     )
     assert sampling_of(server, scripted) is None  # the scripted provider does not sample
+
+
+@pytest.mark.parametrize("operation", ["invoke", "converse"])
+def test_a_stream_the_server_ends_early_never_names_a_stop_reason_bedrock_lacks(
+    server: Server, operation: str
+) -> None:
+    """Bedrock has no stop reason for "cancelled": the stream ends with an exception frame."""
+    client = server.bedrock()
+    text = "sluicegate:delay-ms=20 Go on and on."
+    before = set(server.gateway.generations)
+    if operation == "invoke":
+        body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 500,
+                "messages": [{"role": "user", "content": text}]}  # fmt: skip
+        response = client.invoke_model_with_response_stream(
+            modelId="scripted-early", body=json.dumps(body)
+        )
+        events = iter(response["body"])
+    else:
+        response = client.converse_stream(
+            modelId="scripted-early",
+            messages=[{"role": "user", "content": [{"text": text}]}],
+            inferenceConfig={"maxTokens": 500},
+        )
+        events = iter(response["stream"])
+    seen = [next(events) for _ in range(4)]
+    [gen] = [g for k, g in server.gateway.generations.items() if k not in before]
+    gen.cancel("cancelled")  # the server ends it (as at shutdown)
+    with pytest.raises(EventStreamError, match="internalServerException") as ended:
+        seen += list(events)
+    assert "stopped before it finished" in str(ended.value)
+    assert not any("cancelled" in json.dumps(e, default=str) for e in seen)
