@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sluicegate import handlers
+from sluicegate import errors, handlers
 from sluicegate.bus.memory import Connections
 from sluicegate.config import Settings
 from sluicegate.gateway import Gateway
@@ -75,7 +75,14 @@ def create_app(
             gen.cancel("cancelled")
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return bedrock.unknown_operation(request.url.path, request.method)
+        """No route: answered in the shape of the API the path belongs to."""
+        path, method = request.url.path, request.method
+        missing = errors.UnknownOperation(f"No operation matches {method} {path}: check the URL.")
+        if path.startswith("/v1/messages"):
+            return anthropic_door.error_response(missing)
+        if path.startswith("/v1/"):
+            return openai_door.error_response(missing)
+        return bedrock.unknown_operation(path, method)
 
     app = Starlette(
         routes=[

@@ -56,9 +56,14 @@ def openai_door(endpoint: Endpoint) -> Endpoint:
             authenticate(request)
             return await endpoint(request)
         except errors.SluicegateError as exc:
-            return JSONResponse(openai.error_json(exc), openai.status_of(exc))
+            return error_response(exc)
 
     return wrapped
+
+
+def error_response(exc: errors.SluicegateError) -> JSONResponse:
+    headers = {} if exc.retry_after is None else {"retry-after": str(exc.retry_after)}
+    return JSONResponse(openai.error_json(exc), openai.status_of(exc), headers=headers)
 
 
 def gateway_of(request: Request) -> Gateway:

@@ -397,3 +397,15 @@ def test_the_embedded_model_answers_a_response(server: Server) -> None:
     )
     assert r.status in ("completed", "incomplete") and r.output_text.strip()
     assert 0 < r.usage.output_tokens <= 16
+
+
+def test_an_unknown_path_is_answered_in_the_shape_of_its_api(server: Server) -> None:
+    openai_missing = httpx.post(server.url + "/v1/embeddingz", json={})
+    assert openai_missing.status_code == 404
+    assert openai_missing.json()["error"]["type"] == "not_found_error"
+    anthropic_missing = httpx.post(server.url + "/v1/messages/batches", json={})
+    assert anthropic_missing.status_code == 404
+    assert anthropic_missing.json()["error"]["type"] == "not_found_error"
+    assert anthropic_missing.json()["type"] == "error"
+    bedrock_missing = httpx.post(server.url + "/model/x/nope", json={})
+    assert bedrock_missing.headers["x-amzn-ErrorType"].startswith("UnknownOperationException")

@@ -284,6 +284,54 @@ def test_a_full_queue_is_429_in_the_doors_shape(server: Server) -> None:
             client.invoke_model_with_response_stream(modelId=MODEL, body=body("hi"))
         assert refused.value.response["Error"]["Code"] == "ThrottlingException"
         assert refused.value.response["ResponseMetadata"]["HTTPHeaders"]["retry-after"] == "1"
+        chat = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        for path in ("/v1/chat/completions", "/v1/messages"):  # the OpenAI and Anthropic doors
+            busy = httpx.post(gw.url + path, json=chat)
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+            assert busy.json()["error"]["type"] == "rate_limit_error"
         slow["body"].close()
     finally:
         stop(gw)
+
+
+def test_a_stalled_upstream_holds_up_no_other(server: Server) -> None:
+    url, done = serve_app(fake("stall", "bedrock"))
+    stalled = UpstreamSettings(type="bedrock", endpoint_url=url, idle_timeout_seconds=3)
+    good = UpstreamSettings(type="bedrock", endpoint_url=server.url)
+    settings = Settings(
+        providers={"stalled": stalled, "good": good},
+        routes=[
+            ModelRoute(match="anthropic.stall*", provider="stalled"),
+            ModelRoute(match="anthropic.*", provider="good", model="scripted-upstream"),
+        ],
+    )
+    providers = {
+        "stalled": BedrockProvider("stalled", stalled),
+        "good": BedrockProvider("good", good),
+    }
+    gw = serve(Gateway(settings, providers))
+    try:
+        client = gw.bedrock()
+        waiting = client.invoke_model_with_response_stream(
+            modelId="anthropic.stall", body=body("x")
+        )
+        events = iter(waiting["body"])
+        next(events)  # it has started, then stalls
+        ended: list[str] = []
+
+        def read_to_the_end() -> None:
+            try:
+                list(events)
+            except EventStreamError as exc:
+                ended.append(str(exc))
+
+        reader = threading.Thread(target=read_to_the_end, daemon=True)
+        reader.start()
+        text, chunks = stream_text(client, "Hello river.")  # meanwhile, on the other upstream
+        assert len(text) > 100 and chunks[-1]["type"] == "message_stop"
+        assert reader.is_alive()  # the stalled stream is still waiting while the other finished
+        reader.join(10)
+        assert not reader.is_alive() and "modelTimeoutException" in ended[0]
+    finally:
+        stop(gw)
+        done()
