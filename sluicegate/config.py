@@ -110,6 +110,9 @@ class UpstreamSettings(Strict):
     idle_timeout_seconds: float = Field(60.0, gt=0)
     max_concurrency: int = Field(64, ge=1)
     max_queue: int = Field(256, ge=0)
+    # When the client leaves: close the upstream stream at once (abort), or read it to its end
+    # (within the deadlines) to record the usage the upstream bills anyway (drain).
+    on_disconnect: Literal["abort", "drain"] = "abort"
 
     @model_validator(mode="after")
     def _where(self) -> UpstreamSettings:

@@ -49,6 +49,7 @@ class Gateway:
             on_token_gap=m.gap,
             on_end=m.finished,
         )
+        gen.meter.on_late_usage = lambda tokens: m.late_output(gen, tokens)
         await gen.start()
         m.started(gen)
         self.generations[gen.id] = gen

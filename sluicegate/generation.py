@@ -47,6 +47,8 @@ class Meter:
     admitted_at: float | None = None
     # Time spent waiting on an upstream (connect, first byte, each chunk): the rest is ours.
     upstream_seconds: float = 0.0
+    # Told of output tokens counted after the generation ended (an upstream being drained).
+    on_late_usage: Callable[[int], None] | None = None
     # The sampling the provider settled on, defaults filled in (empty: it does not sample).
     sampling: dict[str, float | int | None] = field(default_factory=dict)
 

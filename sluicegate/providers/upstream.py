@@ -11,11 +11,10 @@ client leave at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +45,7 @@ class Limiter:
         self.queue = queue
         self.waiting = 0
 
-    @contextlib.asynccontextmanager
-    async def slot(self, name: str) -> AsyncIterator[None]:
+    async def acquire(self, name: str) -> None:
         if self._free.locked() and self.waiting >= self.queue:
             raise errors.Throttled(f"Too many requests are waiting for {name}; retry shortly.")
         self.waiting += 1
@@ -55,10 +53,9 @@ class Limiter:
             await self._free.acquire()
         finally:
             self.waiting -= 1
-        try:
-            yield
-        finally:
-            self._free.release()
+
+    def release(self) -> None:
+        self._free.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +83,7 @@ class Upstream:
             limits=httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=32),
         )
         self.limiter = Limiter(s.max_concurrency, s.max_queue)
+        self._readers: set[asyncio.Task[None]] = set()  # drains under way
 
     def key(self) -> str | None:
         """The upstream's key, read from the environment variable the config names."""
@@ -115,24 +113,74 @@ class Upstream:
         raise NotImplementedError
 
     async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
-        """One message from the upstream; closing it closes the upstream response."""
+        """One message from the upstream. Closing it closes the upstream response at once
+        (`abort`), or lets a reader finish it for the true usage (`drain`)."""
         outgoing = self.outgoing(request)
-        async with self.limiter.slot(self.name):
+        await self.limiter.acquire(self.name)
+        release: Callable[[], object] = self.limiter.release
+        response: httpx.Response | None = None
+        try:
             response = await self.open(outgoing, meter)
+            source: AsyncIterator[str | Finish]
+            if self.settings.on_disconnect == "drain":
+                source = self._drained(response, meter)
+                response, release = None, _nothing  # the reader closes and releases them
+            else:
+                source = self.pieces(response, meter)
+            for event in opening():
+                yield event
+            reason: StopReason = "end_turn"
+            async for piece in source:
+                if isinstance(piece, Finish):
+                    reason = piece.reason
+                elif piece:
+                    meter.usage.output_tokens += 1  # a piece a token, until usage says
+                    yield TextDelta(piece)
+            for event in ending(reason):
+                yield event
+        finally:
+            if response is not None:
+                await response.aclose()
+            release()
+
+    def _drained(
+        self, response: httpx.Response, meter: Meter
+    ) -> AsyncGenerator[str | Finish, None]:
+        """The pieces, read by a task of their own (started now) that goes on to the end,
+        within the deadlines, if the consumer leaves: the usage is then what the upstream
+        bills, and what was counted after the generation ended is reported late."""
+        queue: asyncio.Queue[str | Finish | BaseException | None] = asyncio.Queue()
+        consumer = {"ended": False, "counted": 0}
+
+        async def read() -> None:
             try:
-                for event in opening():
-                    yield event
-                reason: StopReason = "end_turn"
                 async for piece in self.pieces(response, meter):
-                    if isinstance(piece, Finish):
-                        reason = piece.reason
-                    elif piece:
-                        meter.usage.output_tokens += 1  # a piece a token, until usage says
-                        yield TextDelta(piece)
-                for event in ending(reason):
-                    yield event
+                    queue.put_nowait(piece)
+                queue.put_nowait(None)
+            except Exception as exc:
+                queue.put_nowait(exc)
             finally:
                 await response.aclose()
+                self.limiter.release()
+                late = meter.usage.output_tokens - consumer["counted"]
+                if not consumer["ended"] and late > 0 and meter.on_late_usage is not None:
+                    meter.on_late_usage(late)
+
+        reader = asyncio.create_task(read())
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+
+        async def consume() -> AsyncGenerator[str | Finish, None]:
+            try:
+                while (item := await queue.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                consumer["ended"] = True
+            finally:
+                consumer["counted"] = meter.usage.output_tokens
+
+        return consume()
 
     async def sse(self, response: httpx.Response, meter: Meter) -> AsyncIterator[ServerSentEvent]:
         """The body's server-sent events (the openai and anthropic APIs)."""
@@ -241,6 +289,10 @@ def _message(body: bytes) -> str:
         if isinstance(inner, str):
             return inner[:1000]
     return str(data)[:300]
+
+
+def _nothing() -> None:
+    return None
 
 
 def opening() -> list[Event]:

@@ -335,3 +335,32 @@ def test_a_stalled_upstream_holds_up_no_other(server: Server) -> None:
     finally:
         stop(gw)
         done()
+
+
+def test_drain_reads_a_left_stream_to_its_end_for_the_true_usage(server: Server) -> None:
+    """on_disconnect = "drain": the client leaves, the upstream's answer is still read to its
+    end; its generation finishes (max_tokens, not disconnected), and the usage it bills shows
+    on ours and in /metrics."""
+    gw = gateway_in_front("bedrock", server.url, on_disconnect="drain", max_concurrency=1)
+    try:
+        before = set(server.gateway.generations)
+        response = gw.bedrock().invoke_model_with_response_stream(
+            modelId=MODEL, body=body("sluicegate:delay-ms=10 Go on.", 60)
+        )
+        events = iter(response["body"])
+        for _ in range(5):
+            next(events)
+        response["body"].close()
+        [upstream] = [g for k, g in server.gateway.generations.items() if k not in before]
+        ours = list(gw.gateway.generations.values())[-1]
+        assert wait_until(lambda: ours.done and upstream.done, timeout=10)
+        assert ours.stop_reason == "disconnected" and upstream.stop_reason == "max_tokens"
+        assert wait_until(lambda: ours.usage.output_tokens == 60, timeout=5)
+        scraped = httpx.get(gw.url + "/metrics").text
+        line = 'sluicegate_tokens_total{direction="output",provider="up",route="bedrock"} 60.0'
+        assert line in scraped
+        # its slot came back: another stream runs (max_concurrency is 1)
+        text, _ = stream_text(gw.bedrock(), "Hello river.")
+        assert len(text) > 100
+    finally:
+        stop(gw)
