@@ -15,6 +15,8 @@ from sluicegate.metrics import GatewayMetrics
 from sluicegate.providers.base import Provider
 
 KEEP_ENDED = 1000
+# Stop sequences are matched at every token: more than this in all is refused before it starts.
+MAX_STOP_CHARS = 64 * 1024
 
 
 class Gateway:
@@ -38,6 +40,12 @@ class Gateway:
 
     async def start(self, request: ChatRequest, *, route: str, owner: str = "") -> Generation:
         """Create and start a generation; raises SluicegateError if it is refused."""
+        stop_chars = sum(len(s) for s in request.stop_sequences)
+        if stop_chars > MAX_STOP_CHARS:
+            raise errors.ValidationError(
+                f"stop_sequences: {len(request.stop_sequences)} sequences of {stop_chars} "
+                f"characters in all, over sluicegate's limit of {MAX_STOP_CHARS} characters."
+            )
         provider = self.provider(request.model)
         m = self.metrics
         gen = Generation(

@@ -55,7 +55,12 @@ class Piece:
 
 
 class StopScanner:
-    """Finds stop sequences in streamed text, holding back only what may begin one."""
+    """Finds stop sequences in streamed text, holding back only what may begin one.
+
+    Each feed costs C-speed searches bounded by the stop sequences' length, not by the text
+    held back times their number: a match can only end in the new text (the held text has
+    none), and the longest held-back prefix is found from the candidates that start with the
+    stop's first character (the gateway caps their total length: MAX_STOP_CHARS)."""
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = tuple(s for s in stops if s)
@@ -64,7 +69,8 @@ class StopScanner:
     def feed(self, text: str) -> tuple[str, str | None]:
         """Return (text safe to emit now, the stop sequence matched or None)."""
         buf = self.held + text
-        hits = [(i, s) for s in self.stops if (i := buf.find(s)) >= 0]
+        held = len(self.held)
+        hits = [(i, s) for s in self.stops if (i := buf.find(s, max(0, held - len(s) + 1))) >= 0]
         if hits:
             i, stop = min(hits)
             self.held = ""
@@ -75,9 +81,12 @@ class StopScanner:
 
     @staticmethod
     def _prefix_len(buf: str, stop: str) -> int:
-        for k in range(min(len(stop) - 1, len(buf)), 0, -1):
-            if buf.endswith(stop[:k]):
-                return k
+        """The longest k < len(stop) such that buf ends with stop[:k]."""
+        j = buf.find(stop[0], max(0, len(buf) - len(stop) + 1))
+        while j != -1:
+            if stop.startswith(buf[j:]):
+                return len(buf) - j
+            j = buf.find(stop[0], j + 1)
         return 0
 
     def flush(self) -> str:

@@ -190,3 +190,20 @@ def test_bad_requests_do_not_disturb_a_running_stream(server: Server) -> None:
             bad.invoke_model_with_response_stream(modelId=MODEL, body=raw)
     t.join(60)
     assert len(texts) == 64  # the scripted answer, whole: every word arrived
+
+
+def test_stop_sequences_past_the_limit_are_refused_before_anything_runs(server: Server) -> None:
+    """8,191 stop sequences are allowed, but not 24 MB of them: matching runs at every token."""
+    body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5,
+            "stop_sequences": ["x" * 3000] * 30,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    before = len(server.gateway.generations)
+    with pytest.raises(Exception) as refused:
+        server.bedrock().invoke_model(modelId="scripted-stops", body=json.dumps(body))
+    error = refused.value.response  # type: ignore[attr-defined]
+    assert error["Error"]["Code"] == "ValidationException"
+    assert "90000 characters in all, over sluicegate's limit of 65536" in error["Error"]["Message"]
+    assert len(server.gateway.generations) == before
+    body["stop_sequences"] = [f"s{i}" for i in range(8191)]  # many, but short: fine
+    ok = server.bedrock().invoke_model(modelId="scripted-stops", body=json.dumps(body))
+    assert json.loads(ok["body"].read())["stop_reason"] == "max_tokens"

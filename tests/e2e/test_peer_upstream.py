@@ -74,8 +74,9 @@ def relay(peer: str) -> Iterator[Server]:
 
 
 def test_a_bedrock_stream_from_llama_cpp_pythons_server(relay: Server) -> None:
+    prompt = "Write a long essay about rivers."
     body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 24, "temperature": 0,
-            "messages": [{"role": "user", "content": "Write a long essay about rivers."}]}  # fmt: skip
+            "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
     response = relay.bedrock().invoke_model_with_response_stream(
         modelId="anthropic.claude-3-haiku-20240307-v1:0", body=json.dumps(body)
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sluicegate.events import (
@@ -321,3 +321,41 @@ def test_closing_the_message_early_closes_the_source() -> None:
     assert seen[2:] == [TextDelta("w0 "), TextDelta("w1 ")]
     assert source.closed_in_time
     assert source.pulled == 2
+
+
+class NaiveScanner:
+    """The obvious scanner (each feed: every stop against all the held text), as an oracle."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.held = ""
+
+    def feed(self, text: str) -> tuple[str, str | None]:
+        buf = self.held + text
+        hits = [(i, s) for s in self.stops if (i := buf.find(s)) >= 0]
+        if hits:
+            i, stop = min(hits)
+            self.held = ""
+            return buf[:i], stop
+        keep = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), 0, -1):
+                if buf.endswith(s[:k]):
+                    keep = max(keep, k)
+                    break
+        self.held = buf[len(buf) - keep :]
+        return buf[: len(buf) - keep], None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    stops=st.lists(st.text("abc", min_size=1, max_size=6), max_size=5),
+    pieces=st.lists(st.text("abcd", max_size=5), max_size=12),
+)
+def test_the_fast_scanner_says_what_the_naive_one_says(stops: list[str], pieces: list[str]) -> None:
+    fast, naive = StopScanner(tuple(stops)), NaiveScanner(tuple(stops))
+    for piece in pieces:
+        got, want = fast.feed(piece), naive.feed(piece)
+        assert got == want and fast.held == naive.held
+        if got[1] is not None:
+            break
