@@ -153,6 +153,9 @@ class Settings(Strict):
     # Accepted as `Authorization: Bearer <key>` where SigV4 is not used (@connections API).
     api_key: str | None = None
     max_body_bytes: int = 25 * 1024 * 1024
+    # Web pages (by their Origin) that may use the server besides its own and localhost ones;
+    # "*" allows any. Clients that send no Origin (SDKs, curl) are not affected.
+    allowed_origins: list[str] = []
     # Server-sent-events doors send a heartbeat after this much silence (proxies cut idle
     # streams at 60-120 s), from the moment a request is accepted, queued or not.
     sse_heartbeat_seconds: float = Field(15.0, gt=0)

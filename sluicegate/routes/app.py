@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -20,6 +21,7 @@ from sluicegate.routes import bedrock, metrics, web
 from sluicegate.routes import openai as openai_door
 from sluicegate.routes.connections import connections_api
 from sluicegate.routes.function_url import Functions
+from sluicegate.routes.guard import OriginGuard
 from sluicegate.routes.websocket import WebSocketApi, cancel_all
 
 
@@ -96,6 +98,7 @@ def create_app(
             *web.routes(),
         ],
         exception_handlers={HTTPException: not_found},
+        middleware=[Middleware(OriginGuard, allowed=gateway.settings.allowed_origins)],
         lifespan=lifespan,
     )
     app.state.gateway = gateway
