@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sluicegate import errors, handlers
 from sluicegate.bus.memory import Connection, Connections
+from sluicegate.codecs import jsonbody
 from sluicegate.events import ErrorEvent, MessageStart, MessageStop, TextDelta
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
@@ -117,9 +117,11 @@ class WebSocketApi:
     async def dispatch(self, conn: Connection, raw: str | bytes) -> None:
         """Route one message; every failure is answered, and the connection stays usable."""
         try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: hostile nesting
-            self._default(conn, raw, wire.error(None, "BadRequest", "Messages must be JSON."))
+            body = jsonbody.loads(raw)
+        except jsonbody.BadJSON as exc:
+            self._default(
+                conn, raw, wire.error(None, "BadRequest", f"Messages must be JSON: this one {exc}.")
+            )
             return
         key = _select(body, self.route_path)
         if isinstance(key, str) and key in self.user_routes:

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from sluicegate import errors
+from sluicegate.codecs import jsonbody
 from sluicegate.errors import ValidationError
 from sluicegate.events import (
     EARLY_STOPS,
@@ -78,11 +79,9 @@ def malformed(detail: str) -> ValidationError:
 
 def parse_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise malformed(f"the body is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise malformed("the body nests too deeply") from None
+        return jsonbody.loads(raw)
+    except jsonbody.BadJSON as exc:
+        raise malformed(f"the body {exc}") from None
 
 
 def parse_body(model: str, raw: bytes) -> ChatRequest:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sluicegate import errors
+from sluicegate.codecs import jsonbody
 from sluicegate.events import (
     EARLY_STOPS,
     ChatRequest,
@@ -97,13 +98,11 @@ def early_end(reason: str) -> errors.SluicegateError:
 
 def parse_json(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = jsonbody.loads(raw)
+    except jsonbody.BadJSON as exc:
         raise InvalidRequest(
-            f"We could not parse the JSON body of your request ({exc}): send a JSON object."
+            f"We could not parse the JSON body of your request: it {exc}. Send a JSON object."
         ) from None
-    except RecursionError:
-        raise InvalidRequest("The JSON body of your request nests too deeply.") from None
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {kind(body)}.")
     return body

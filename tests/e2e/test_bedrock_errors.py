@@ -27,6 +27,17 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
         "bedrock-2023-05-31",
     ),
     (
+        "a lone surrogate",
+        '{"anthropic_version": "bedrock-2023-05-31", "max_tokens": 10, '
+        '"messages": [{"role": "user", "content": "hi \\ud800"}]}',
+        "lone UTF-16 surrogate",
+    ),
+    (
+        "a 5,000-digit integer",
+        '{"anthropic_version": "bedrock-2023-05-31", "max_tokens": ' + "9" * 5000 + "}",
+        "cannot be read",
+    ),
+    (
         "extraneous stream",
         {"anthropic_version": V, "max_tokens": 10, "stream": True, "messages": HI},
         "extraneous key [stream] is not permitted",
@@ -207,3 +218,31 @@ def test_stop_sequences_past_the_limit_are_refused_before_anything_runs(server: 
     body["stop_sequences"] = [f"s{i}" for i in range(8191)]  # many, but short: fine
     ok = server.bedrock().invoke_model(modelId="scripted-stops", body=json.dumps(body))
     assert json.loads(ok["body"].read())["stop_reason"] == "max_tokens"
+
+
+@pytest.mark.parametrize("case", ["surrogate", "digits"])
+def test_undecodable_bodies_are_validation_errors_on_every_operation(
+    server: Server, case: str
+) -> None:
+    """Converse, ConverseStream and CountTokens too, never a plain-text 500."""
+    text = "hi \\ud800" if case == "surrogate" else "hi"
+    tokens = "9" * 5000 if case == "digits" else "10"
+    converse = (
+        '{"messages": [{"role": "user", "content": [{"text": "' + text + '"}]}], '
+        '"inferenceConfig": {"maxTokens": ' + tokens + "}}"
+    )
+    for operation in ("converse", "converse-stream"):
+        r = httpx.post(f"{server.url}/model/{MODEL}/{operation}", content=converse)
+        assert r.status_code == 400 and r.headers["x-amzn-ErrorType"].startswith("Validation")
+    count = '{"input": {"converse": ' + converse + "}}"
+    r = httpx.post(f"{server.url}/model/{MODEL}/count-tokens", content=count)
+    assert r.status_code == 400 and r.headers["x-amzn-ErrorType"].startswith("Validation")
+    chat = (
+        '{"model": "m", "max_tokens": '
+        + tokens
+        + ', "messages": [{"role": "user", "content": "'
+        + text
+        + '"}]}'
+    )
+    r = httpx.post(f"{server.url}/v1/chat/completions", content=chat)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
