@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.routing import WebSocketRoute
@@ -44,6 +45,19 @@ class Live:
     conn: Connection | None
     forwarder: asyncio.Task[None] | None = None
     grace: asyncio.TimerHandle | None = None
+    # Issued in `start`: what another connection shows to resume or stop this generation.
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    def check(self, conn: Connection, body: Body) -> None:
+        """Only the connection that streams it, or one with its resumeToken, may touch it."""
+        if conn is self.conn:
+            return
+        token = body.get("resumeToken")
+        if not isinstance(token, str) or not hmac.compare_digest(token, self.token):
+            raise errors.Forbidden(
+                f"Generation {self.client_id!r} belongs to another connection: "
+                "send the resumeToken its start message carried."
+            )
 
 
 class WebSocketApi:
@@ -223,15 +237,22 @@ class WebSocketApi:
         client_id = _id(body)
         targets = [self._find(conn, client_id)] if client_id is not None else self._of(conn)
         for live in targets:
+            live.check(conn, body)
             if not live.gen.cancel("cancelled") and client_id is not None:
                 why = f"Generation {client_id!r} already ended ({live.gen.stop_reason})."
                 _reply(conn, wire.error(client_id, "GenerationEnded", why))
 
     async def resume(self, conn: Connection, body: Body) -> None:
         live = self._find(conn, _id(body))
+        live.check(conn, body)
         after = body.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise errors.ValidationError("after must be the last seq received (an integer >= 0).")
+        sent = sum(isinstance(e, TextDelta) for e in live.gen.log)
+        if after > sent:
+            raise errors.ValidationError(
+                f"after ({after}) is past the last delta sent ({sent}): send the last seq received."
+            )
         if live.grace is not None:
             live.grace.cancel()
             live.grace = None
@@ -264,7 +285,7 @@ class WebSocketApi:
                 elif isinstance(event, MessageStop):
                     conn.send(wire.dumps(wire.end_message(cid, gen.stop_reason, event)))
                 elif isinstance(event, MessageStart):
-                    conn.send(wire.dumps(wire.start_message(cid, event)))
+                    conn.send(wire.dumps(wire.start_message(cid, event, live.token)))
                 elif isinstance(event, ErrorEvent):
                     exc = errors.from_event(event.code, event.message)
                     conn.send(wire.dumps(wire.error_from(cid, exc)))

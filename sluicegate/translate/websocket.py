@@ -70,9 +70,11 @@ def _messages(body: dict[str, Any]) -> tuple[Message, ...]:
     return anthropic.parse_messages(body["messages"])
 
 
-def start_message(gen_id: str, start: MessageStart) -> dict[str, Any]:
-    """`requestId` is the gateway's id: /sluicegate/generations/{requestId} describes it."""
-    return {"type": "start", "id": gen_id, "model": start.model, "requestId": start.message_id}
+def start_message(gen_id: str, start: MessageStart, token: str) -> dict[str, Any]:
+    """`requestId` is the gateway's id: /sluicegate/generations/{requestId} describes it;
+    `resumeToken` lets another connection resume or stop it (a reconnect)."""
+    return {"type": "start", "id": gen_id, "model": start.model, "requestId": start.message_id,
+            "resumeToken": token}  # fmt: skip
 
 
 def end_message(gen_id: str, stop_reason: str | None, stop: MessageStop) -> dict[str, Any]:

@@ -119,8 +119,8 @@ function onOpen() {
   if (turn) {
     // Resume where we are: the server replays what we missed, then the live tail.
     turn.resumed = true;
-    link.send({ action: "resume", id: turn.id, after: turn.seq });
-    if (turn.stopping) link.send({ action: "stop", id: turn.id });
+    link.send({ action: "resume", id: turn.id, after: turn.seq, resumeToken: turn.token });
+    if (turn.stopping) link.send({ action: "stop", id: turn.id, resumeToken: turn.token });
   }
   if (!ui.model.options.length) loadModels();
 }
@@ -135,10 +135,11 @@ function onMessage(msg) {
   if (!turn) return;
   if (msg.type === "start") {
     turn.model = msg.model;
+    turn.token = msg.resumeToken;  // kept with the conversation: a reload resumes with it
   } else if (msg.type === "delta") {
     if (msg.seq <= turn.seq) return;  // already shown (a replay after resume)
     if (msg.seq !== turn.seq + 1) {   // a gap: ask again from what we have
-      link.send({ action: "resume", id: turn.id, after: turn.seq });
+      link.send({ action: "resume", id: turn.id, after: turn.seq, resumeToken: turn.token });
       return;
     }
     turn.seq = msg.seq;
@@ -215,7 +216,7 @@ function stop() {
   const turn = running();
   if (!turn) return;
   turn.stopping = true;
-  link.send({ action: "stop", id: turn.id });  // if offline, sent after the reconnect
+  link.send({ action: "stop", id: turn.id, resumeToken: turn.token });  // if offline: after the reconnect
   renderBadge(turn);
 }
 

@@ -53,6 +53,8 @@ def test_generate_streams_start_ordered_deltas_and_end(server: Server) -> None:
             return await until_end(ws, "g1")
 
     seen = asyncio.run(main())
+    token = seen[0].pop("resumeToken")
+    assert isinstance(token, str) and len(token) >= 32  # 24 random bytes
     assert seen[0] == {
         "type": "start",
         "id": "g1",
@@ -125,14 +127,17 @@ def test_resume_after_a_drop_gets_exactly_the_missing_deltas(server: Server) -> 
             )
         )
         seqs: list[int] = []
+        token = None
         while len(seqs) < 5:
             m = await recv(ws)
             if m["type"] == "delta":
                 seqs.append(m["seq"])
+            token = token or m.get("resumeToken")
         ws.transport.abort()
         await asyncio.sleep(0.2)
         async with websockets.connect(server.ws_url) as ws2:
-            await ws2.send(json.dumps({"action": "resume", "id": "r", "after": seqs[-1]}))
+            resume = {"action": "resume", "id": "r", "after": seqs[-1], "resumeToken": token}
+            await ws2.send(json.dumps(resume))
             rest = await until_end(ws2, "r")
         return seqs + [m["seq"] for m in rest if m["type"] == "delta"], rest[-1]
 
@@ -285,3 +290,39 @@ def test_idle_connections_close_with_1001_and_messages_keep_them_alive(strict_se
     assert asyncio.run(idle()) == 1001
     pongs, code = asyncio.run(chatty())
     assert code == 1001 and 10 < pongs < 30  # alive past the idle timeout, closed at 2.5 s
+
+
+def test_only_its_connection_or_its_resume_token_touches_a_generation(server: Server) -> None:
+    """Another connection (also one claiming the same `?owner=`) gets Forbidden for resume and
+    stop, and a resume past what was sent is refused; the victim's stream goes on untouched.
+    With the resumeToken its start carried, a reconnect resumes it."""
+
+    async def main() -> tuple[list[Msg], list[int], Msg]:
+        async with websockets.connect(server.ws_url) as victim:
+            prompt = "sluicegate:delay-ms=10 x"
+            generate = {"action": "generate", "id": "v", "model": "scripted-v", "prompt": prompt}
+            await victim.send(json.dumps({**generate, "max_tokens": 40}))
+            start = await recv(victim)
+            refusals = []
+            async with websockets.connect(server.ws_url + "?owner=anonymous") as other:
+                resume = {"action": "resume", "id": "v", "after": 0}
+                guess = {**resume, "resumeToken": "guess"}
+                for msg in (resume, {"action": "stop", "id": "v"}, guess):
+                    await other.send(json.dumps(msg))
+                    refusals.append(await recv(other))
+            await victim.send(json.dumps({"action": "resume", "id": "v", "after": 10_000}))
+            rest = await until_end(victim, "v")
+            seqs = [m["seq"] for m in rest if m["type"] == "delta"]
+        async with websockets.connect(server.ws_url) as again:
+            token = start["resumeToken"]
+            await again.send(
+                json.dumps({"action": "resume", "id": "v", "after": 35, "resumeToken": token})
+            )
+            replay = await until_end(again, "v")
+        return refusals, seqs, {"replay": [m.get("seq") for m in replay], **rest[-1]}
+
+    refusals, seqs, end = asyncio.run(main())
+    assert [r["code"] for r in refusals] == ["ForbiddenException"] * 3
+    assert all("resumeToken" in r["message"] for r in refusals)
+    assert seqs == list(range(1, 41)) and end["stop_reason"] == "max_tokens"
+    assert end["replay"] == [36, 37, 38, 39, 40, None]  # then the end
