@@ -153,6 +153,10 @@ class Settings(Strict):
     # Accepted as `Authorization: Bearer <key>` where SigV4 is not used (@connections API).
     api_key: str | None = None
     max_body_bytes: int = 25 * 1024 * 1024
+    # Ended generations kept for resume and introspection (newest first): at most this many
+    # bytes of their event logs in all, and for this long.
+    ended_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    ended_seconds: float = Field(900.0, ge=0)
     # Web pages (by their Origin) that may use the server besides its own and localhost ones;
     # "*" allows any. Clients that send no Origin (SDKs, curl) are not affected.
     allowed_origins: list[str] = []

@@ -7,7 +7,7 @@ Every door (Bedrock, WebSocket, Function URL...) translates its wire request int
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Role = Literal["user", "assistant"]
@@ -50,6 +50,11 @@ class ChatRequest:
     top_k: int | None = None
     stop_sequences: tuple[str, ...] = ()
     seed: int | None = None
+
+    def without_prompt(self) -> ChatRequest:
+        """This request without its messages and system prompt: what is kept once it ended
+        (a 25 MB prompt is not worth keeping for introspection)."""
+        return replace(self, messages=(), system="")
 
 
 @dataclass(slots=True)

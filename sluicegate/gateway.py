@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -27,6 +28,7 @@ class Gateway:
         self.providers = providers
         self.metrics = GatewayMetrics()
         self.generations: OrderedDict[str, Generation] = OrderedDict()
+        self.metrics.add_gauges("sluicegate_ended", self.ended_figures)
         local = providers.get("local")
         engine = getattr(local, "engine", None)
         if engine is not None:
@@ -55,7 +57,7 @@ class Gateway:
             provider=provider.name,
             owner=owner,
             on_token_gap=m.gap,
-            on_end=m.finished,
+            on_end=self._ended,
         )
         gen.meter.on_late_usage = lambda tokens: m.late_output(gen, tokens)
         await gen.start()
@@ -86,10 +88,30 @@ class Gateway:
 
         return stream
 
+    def _ended(self, gen: Generation) -> None:
+        self.metrics.finished(gen)
+        self._forget_old()
+
     def _forget_old(self) -> None:
-        ended = [k for k, g in self.generations.items() if g.done]
-        for key in ended[: max(0, len(ended) - KEEP_ENDED)]:
+        """Ended generations stay for resume and introspection, the newest first, within a
+        count, a byte budget and an age (settings.ended_*); the rest are forgotten."""
+        s = self.settings
+        now = time.monotonic()
+        kept, size, gone = 0, 0, []
+        for key, gen in reversed(self.generations.items()):
+            if not gen.done:
+                continue
+            old = now - (gen.timings.ended or now) >= s.ended_seconds
+            if kept + 1 > KEEP_ENDED or size + gen.log_bytes > s.ended_bytes or old:
+                gone.append(key)
+            else:
+                kept, size = kept + 1, size + gen.log_bytes
+        for key in gone:
             del self.generations[key]
+
+    def ended_figures(self) -> dict[str, float]:
+        ended = [g for g in self.generations.values() if g.done]
+        return {"generations": len(ended), "log_bytes": sum(g.log_bytes for g in ended)}
 
     def describe(self, gen: Generation) -> dict[str, Any]:
         """A generation's state, for the introspection route and tests."""

@@ -35,6 +35,7 @@ from sluicegate.events import (
 )
 
 log = logging.getLogger(__name__)
+EVENT_BYTES = 120  # one logged event besides its text (measured: a TextDelta, its str, its slot)
 
 
 @dataclass(slots=True)
@@ -93,6 +94,7 @@ class Generation:
         self.meter = Meter(key=self.id)
         self.timings = Timings()
         self.log: list[Event] = []
+        self.log_bytes = 0  # about what the log holds, once it ended (the gateway's budget)
         self.stop_reason: StopReason | None = None
         self.stop_sequence: str | None = None
         self.error: errors.SluicegateError | None = None
@@ -229,6 +231,9 @@ class Generation:
     def _end(self, reason: StopReason) -> MessageStop:
         self.timings.ended = time.monotonic()
         self.stop_reason = reason
+        self.request = self.request.without_prompt()
+        self.log_bytes = sum(len(e.text) for e in self.log if isinstance(e, TextDelta))
+        self.log_bytes += EVENT_BYTES * (len(self.log) + 1)
         stop = MessageStop(Usage(self.usage.input_tokens, self.usage.output_tokens), self.metrics)
         if self._on_end is not None:
             self._on_end(self)

@@ -14,6 +14,7 @@ follows it live; `POST /v1/responses/{id}/cancel` stops the generation.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hmac
 import time
@@ -222,7 +223,8 @@ class Responses:
     async def create(self, request: Request) -> Response:
         call = parse_request(await read_body(request))
         gen = await start(request, call.request)
-        stored = Stored(ResponseMeta("resp_" + suffix(gen), int(time.time()), call), gen, gen.owner)
+        kept = dataclasses.replace(call, request=call.request.without_prompt())  # no prompt held
+        stored = Stored(ResponseMeta("resp_" + suffix(gen), int(time.time()), kept), gen, gen.owner)
         if call.store:
             self.keep(gateway_of(request), stored)
         if call.stream:
