@@ -123,6 +123,7 @@ class Gateway:
             "route": gen.route,
             "provider": gen.provider,
             "model": gen.request.model,
+            "turns": list(gen.roles),
             "done": gen.done,
             "stop_reason": gen.stop_reason,
             "usage": dataclasses.asdict(gen.usage),

@@ -88,6 +88,8 @@ class Generation:
     ) -> None:
         self.id = "msg_bdrk_" + secrets.token_hex(12)
         self.request = request
+        # The conversation's shape outlives its text (dropped at the end): introspection shows it.
+        self.roles = tuple(m.role for m in request.messages)
         self.route = route
         self.provider = provider
         self.owner = owner
