@@ -185,6 +185,10 @@ class LocalProvider:
         self._template = env.from_string(template)
         self._bos = self._token_text(self.model.token_bos())
         self._eos = self._token_text(self.model.token_eos())
+        # The most bytes one token stands for: a prompt longer than the window times this
+        # cannot fit, whatever it says (checked before any tokenizing).
+        pieces = (self.model.token_to_piece(t, special=True) for t in range(self.model.n_vocab()))
+        self._longest_piece = max(1, *(len(p.rstrip(b"\0")) for p in pieces))
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -236,13 +240,26 @@ class LocalProvider:
         tokens: list[int] = self.model.tokenize(text.encode("utf-8"), add_bos, True)
         return tokens
 
+    async def tokens_of(self, request: ChatRequest) -> list[int]:
+        """The prompt's tokens, worked out off the event loop (a 5 MB prompt takes seconds),
+        after a size check that refuses at once a prompt that cannot fit the window."""
+        size = len(request.system) + sum(len(m.text) for m in request.messages)
+        window = self.engine.n_ctx_seq
+        if size > window * self._longest_piece:
+            raise errors.ValidationError(
+                f"The prompt ({size} characters) cannot fit this model's context window of "
+                f"{window} tokens (a token is at most {self._longest_piece} characters): "
+                "shorten the prompt."
+            )
+        return await asyncio.to_thread(self.tokenize, request)
+
     async def count_tokens(self, request: ChatRequest) -> int:
-        return len(self.tokenize(request))
+        return len(await self.tokens_of(request))
 
     # -- streaming -----------------------------------------------------------------------------
 
     async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
-        prompt = self.tokenize(request)
+        prompt = await self.tokens_of(request)
         queue: asyncio.Queue[tuple[str, int, str | None]] = asyncio.Queue()
         sampling = _sampling(request, self.defaults)
         meter.sampling = {k: v for k, v in asdict(sampling).items() if k != "max_tokens"}

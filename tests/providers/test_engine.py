@@ -196,3 +196,32 @@ def test_random_start_stop_disconnect_interleavings_leak_nothing(q8_0: bool) -> 
         assert {"cancelled", "disconnected"} <= reasons and reasons & {"end_turn", "max_tokens"}
     finally:
         provider.close()
+
+
+def test_prompts_are_tokenized_off_the_loop_and_hopeless_ones_refused_unread(
+    local: LocalProvider,
+) -> None:
+    """A prompt's tokens are worked out in a thread (the loop goes on meanwhile); one that
+    cannot fit the window, whatever it says, is refused before any tokenizing."""
+
+    async def main() -> tuple[int, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        running = asyncio.create_task(ticker())
+        request = ChatRequest("m", (Message("user", "word " * 40_000),), max_tokens=8)
+        tokens = await local.tokens_of(request)
+        seen = ticks  # read before this coroutine lets the ticker run again
+        running.cancel()
+        return len(tokens), seen
+
+    count, ticks = asyncio.run(main())
+    assert count > 40_000 and ticks >= 1
+    huge = ChatRequest("m", (Message("user", "x" * 5_000_000),), max_tokens=8)
+    with pytest.raises(errors.ValidationError, match="cannot fit this model's context window"):
+        asyncio.run(local.tokens_of(huge))
