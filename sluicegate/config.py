@@ -72,6 +72,9 @@ class WebSocketSettings(Strict):
     route_key: str = "$request.body.action"
     # A dropped connection's generations wait this long to be resumed, then are cancelled.
     grace_seconds: float = Field(30.0, ge=0)
+    # Generations one connection may have running at once (more: ThrottlingException), so
+    # that one socket cannot take every slot of the model.
+    max_generations_per_connection: int = Field(16, ge=1)
     max_message_bytes: int = Field(128 * 1024, ge=1024)
     # Each frame of a message too (clients may fragment a message into smaller frames).
     max_frame_bytes: int | None = Field(32 * 1024, ge=1024)

@@ -61,6 +61,7 @@ def create_app(
         gateway,
         connections,
         grace_seconds=ws.grace_seconds,
+        max_running=ws.max_generations_per_connection,
         route_key=ws.route_key,
         user_routes={k: h for k, h in loaded.items() if not k.startswith("fn:")},
         stage=ws.stage,

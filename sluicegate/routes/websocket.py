@@ -69,6 +69,7 @@ class WebSocketApi:
         connections: Connections,
         *,
         grace_seconds: float = 30.0,
+        max_running: int = 16,
         route_key: str = "$request.body.action",
         user_routes: dict[str, handlers.Handler] | None = None,
         stage: str = "ws",
@@ -79,6 +80,7 @@ class WebSocketApi:
         self.gateway = gateway
         self.connections = connections
         self.grace_seconds = grace_seconds
+        self.max_running = max_running
         self.user_routes = user_routes or {}
         self.stage = stage
         self.handler_timeout = handler_timeout
@@ -219,6 +221,11 @@ class WebSocketApi:
         running = self.live.get((conn.owner, client_id))
         if running is not None and not running.gen.done:
             raise errors.ValidationError(f"Generation {client_id!r} is still running.")
+        if len(self._of(conn)) >= self.max_running:
+            raise errors.Throttled(
+                f"This connection has {self.max_running} generations running, its limit: "
+                "wait for one to end, or stop one."
+            )
         request = wire.parse_generate(body)
         gen = await self.gateway.start(request, route=ROUTE, owner=conn.owner)
         live = Live(client_id, gen, conn)

@@ -326,3 +326,39 @@ def test_only_its_connection_or_its_resume_token_touches_a_generation(server: Se
     assert all("resumeToken" in r["message"] for r in refusals)
     assert seqs == list(range(1, 41)) and end["stop_reason"] == "max_tokens"
     assert end["replay"] == [36, 37, 38, 39, 40, None]  # then the end
+
+
+def test_one_connection_cannot_take_every_slot(server: Server) -> None:
+    """At its cap (16 running), a connection's next generate is throttled; another connection
+    is still served, and the first may start again once one of its own ends."""
+
+    def generate(gid: str, max_tokens: int, prompt: str = "x") -> str:
+        body = {"action": "generate", "id": gid, "model": "scripted-g", "prompt": prompt}
+        return json.dumps({**body, "max_tokens": max_tokens})
+
+    async def main() -> tuple[Msg, Msg, Msg]:
+        async with websockets.connect(server.ws_url) as greedy:
+            for i in range(17):
+                await greedy.send(generate(f"g{i}", 500, "sluicegate:delay-ms=20 x"))
+            refused = await next_of(greedy, "error")
+            async with websockets.connect(server.ws_url) as other:
+                await other.send(generate("o", 3))
+                served = (await until_end(other, "o"))[-1]
+            await greedy.send(json.dumps({"action": "stop", "id": "g0"}))
+            while not ((m := await recv(greedy))["type"] == "end" and m["id"] == "g0"):
+                pass
+            await greedy.send(generate("again", 2))
+            again = (await until_end(greedy, "again"))[-1]
+            await greedy.send(json.dumps({"action": "stop"}))
+        return refused, served, again
+
+    refused, served, again = asyncio.run(main())
+    assert refused["code"] == "ThrottlingException" and refused["id"] == "g16"
+    assert served["type"] == "end" and served["stop_reason"] == "max_tokens"
+    assert again["type"] == "end" and again["stop_reason"] == "max_tokens"
+
+
+async def next_of(ws: Any, kind: str) -> Msg:
+    while (m := await recv(ws))["type"] != kind:
+        pass
+    return m
