@@ -16,6 +16,7 @@ document).
     ├── MessageTooLarge             413  PayloadTooLargeException  (@connections API)
     ├── LimitExceeded               429  LimitExceededException    (@connections API)
     ├── Cancelled                   499  InternalServerException  (the client is gone anyway)
+    ├── RequestTooLarge             413  RequestTooLargeException  (Lambda's 6 MB payloads)
     └── ServiceUnavailable          503  ServiceUnavailableException
 
 Routes translate at one boundary: before the first byte as the protocol's error response,
@@ -130,6 +131,13 @@ class Cancelled(SluicegateError):
     status = 499
 
 
+class RequestTooLarge(SluicegateError):
+    """Lambda's payload limit (Function URLs, the Lambda API): 413, as Lambda answers."""
+
+    status = 413
+    aws = "RequestTooLargeException"
+
+
 class ServiceUnavailable(SluicegateError):
     status = 503
     aws = "ServiceUnavailableException"
@@ -154,6 +162,7 @@ BY_NAME: dict[str, type[SluicegateError]] = {
         MessageTooLarge,
         LimitExceeded,
         Cancelled,
+        RequestTooLarge,
         ServiceUnavailable,
     )
 }

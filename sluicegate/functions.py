@@ -23,6 +23,7 @@ from sluicegate import errors, handlers
 
 log = logging.getLogger(__name__)
 BUFFERED_LIMIT = 6 * 1024 * 1024 + 100  # AWS's figure: 6,291,556 bytes
+REQUEST_LIMIT = 6 * 1024 * 1024  # a synchronous invocation's request payload: 6,291,456 bytes
 
 
 @dataclass

@@ -27,7 +27,7 @@ from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import caller
 from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
-from sluicegate.routes.streaming import StreamResponse, wait_or_disconnect
+from sluicegate.routes.streaming import StreamResponse, read_limited, wait_or_disconnect
 from sluicegate.translate import anthropic
 
 ROUTE = "anthropic"
@@ -98,21 +98,7 @@ def authenticate(request: Request) -> str:
 
 
 async def read_body(request: Request) -> bytes:
-    """The request body, refused as soon as it passes the configured limit."""
-    limit = gateway_of(request).settings.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
-    return bytes(body)
-
-
-def _too_large(limit: int) -> errors.PayloadTooLarge:
-    return errors.PayloadTooLarge(f"The request body is over the {limit:,}-byte limit.")
+    return await read_limited(request, gateway_of(request).settings.max_body_bytes)
 
 
 # -- POST /v1/messages ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from sluicegate.events import EARLY_STOPS, ChatRequest, Event, MessageStop
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import caller, error_response, require_signature
-from sluicegate.routes.streaming import StreamResponse, wait_or_disconnect
+from sluicegate.routes.streaming import StreamResponse, read_limited, wait_or_disconnect
 from sluicegate.translate import anthropic, converse
 
 EVENTSTREAM = "application/vnd.amazon.eventstream"
@@ -46,23 +46,9 @@ def bedrock_errors(endpoint: Endpoint) -> Endpoint:
 async def read_body(request: Request) -> bytes:
     """The request body, refused as soon as it passes the configured limit (25 MB), then
     checked against the api_key's signature when one is configured."""
-    limit: int = gateway_of(request).settings.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(len(body), limit)
-    require_signature(request, bytes(body))
-    return bytes(body)
-
-
-def _too_large(size: int, limit: int) -> errors.PayloadTooLarge:
-    return errors.PayloadTooLarge(
-        f"The request body ({size:,} bytes or more) is over the {limit:,}-byte limit: send less."
-    )
+    body = await read_limited(request, gateway_of(request).settings.max_body_bytes)
+    require_signature(request, body)
+    return body
 
 
 def gateway_of(request: Request) -> Gateway:

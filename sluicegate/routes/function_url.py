@@ -21,7 +21,7 @@ from sluicegate import errors, functions, handlers
 from sluicegate.codecs import eventstream
 from sluicegate.config import FunctionSettings, Settings
 from sluicegate.routes.aws import error_response, require_signature
-from sluicegate.routes.streaming import StreamResponse
+from sluicegate.routes.streaming import StreamResponse, read_limited
 from sluicegate.translate import lambda_events
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,12 @@ class Functions:
         name = request.path_params["name"]
         try:
             config, handler = self.get(name)
+            call = await self._http_call(request, name)
         except errors.NotFound as exc:
             return JSONResponse({"Message": exc.message}, 404)
-        event = lambda_events.function_url_event(await self._http_call(request, name))
+        except errors.RequestTooLarge as exc:
+            return JSONResponse({"Message": exc.message}, 413)
+        event = lambda_events.function_url_event(call)
         stream = config.invoke_mode == "RESPONSE_STREAM"
         return await self._respond(name, handler, event, config.timeout_seconds, stream)
 
@@ -70,9 +73,12 @@ class Functions:
         name = request.path_params["name"]
         try:
             config, handler = self.get(name)
+            call = await self._http_call(request, name)
         except errors.NotFound:
             return JSONResponse({"message": "Not Found"}, 404)
-        event = lambda_events.rest_event(await self._http_call(request, name))
+        except errors.RequestTooLarge:  # API Gateway's own answer past its 10 MB
+            return JSONResponse({"message": "Request Too Long"}, 413)
+        event = lambda_events.rest_event(call)
         if name in self.settings.rest_stream:
             return await self._respond(name, handler, event, config.timeout_seconds, True)
         timeout = min(self.settings.rest_timeout_seconds, config.timeout_seconds)
@@ -124,7 +130,7 @@ class Functions:
             query=request.query_params,
             source_ip=_ip(request),
             domain=self.settings.public_host,
-            body=await request.body(),
+            body=await lambda_body(request, functions.REQUEST_LIMIT),
         )
 
     async def _invocation(
@@ -133,14 +139,14 @@ class Functions:
         """The Lambda API's request: the function's handler, its event and context."""
         name = request.path_params["name"]
         config, handler = self.get(name)
-        body = await request.body()
+        body = await lambda_body(request, functions.REQUEST_LIMIT)
         require_signature(request, body)
         return handler, _payload(body), handlers.LambdaContext(name, config.timeout_seconds)
 
     async def invoke(self, request: Request) -> Response:
         try:
             handler, event, context = await self._invocation(request)
-        except (errors.NotFound, errors.InvalidSignature) as exc:
+        except (errors.NotFound, errors.InvalidSignature, errors.RequestTooLarge) as exc:
             return error_response(exc)
         try:
             value = await handlers.call(handler, event, context)
@@ -162,7 +168,7 @@ class Functions:
     async def invoke_stream(self, request: Request) -> Response:
         try:
             handler, event, context = await self._invocation(request)
-        except (errors.NotFound, errors.InvalidSignature) as exc:
+        except (errors.NotFound, errors.InvalidSignature, errors.RequestTooLarge) as exc:
             return error_response(exc)
         headers = {"X-Amz-Executed-Version": "$LATEST"}
         name = request.path_params["name"]
@@ -223,3 +229,13 @@ def _payload(raw: bytes) -> Any:
 
 def _ip(request: Request) -> str:
     return request.client.host if request.client else ""
+
+
+async def lambda_body(request: Request, limit: int) -> bytes:
+    """A request body within Lambda's payload limit, refused before it is read past it."""
+    try:
+        return await read_limited(request, limit)
+    except errors.PayloadTooLarge:
+        raise errors.RequestTooLarge(
+            f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
+        ) from None

@@ -33,7 +33,7 @@ from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import caller
 from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
-from sluicegate.routes.streaming import StreamResponse, wait_or_disconnect
+from sluicegate.routes.streaming import StreamResponse, read_limited, wait_or_disconnect
 from sluicegate.translate import openai
 from sluicegate.translate.openai_responses import (
     ResponseMeta,
@@ -85,23 +85,7 @@ def authenticate(request: Request) -> None:
 
 
 async def read_body(request: Request) -> bytes:
-    """The request body, refused as soon as it passes the configured limit."""
-    limit = gateway_of(request).settings.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    size = int(declared) if declared.isdigit() else 0
-    body = bytearray()
-    if size <= limit:
-        async for chunk in request.stream():
-            body += chunk
-            size = len(body)
-            if size > limit:
-                break
-    if size > limit:
-        raise errors.PayloadTooLarge(
-            f"The request body ({size:,} bytes or more) is over the {limit:,}-byte limit: "
-            "send less."
-        )
-    return bytes(body)
+    return await read_limited(request, gateway_of(request).settings.max_body_bytes)
 
 
 async def start(request: Request, chat: ChatRequest) -> Generation:

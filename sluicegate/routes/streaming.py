@@ -16,7 +16,28 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from sluicegate import errors
 from sluicegate.generation import Generation
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refused (PayloadTooLarge) as soon as it is known to pass `limit`: by
+    its Content-Length before reading anything, else as the chunks come."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(int(declared), limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large(len(body), limit)
+    return bytes(body)
+
+
+def too_large(size: int, limit: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(
+        f"The request body ({size:,} bytes or more) is over the {limit:,}-byte limit: send less."
+    )
 
 
 async def _until_disconnect(receive: Receive) -> None:

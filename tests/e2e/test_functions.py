@@ -230,3 +230,18 @@ def test_a_broken_module_is_reported_with_file_and_line(tmp_path: Path) -> None:
         load_handler(f"{worse}:handler")
     with pytest.raises(HandlerLoadError, match="no function"):
         load_handler(f"{CODEGEN}:missing")
+
+
+def test_bodies_over_lambdas_6_mb_are_refused_in_its_shape(fn_server: Server) -> None:
+    """Function URLs and the Lambda API take at most 6,291,456 bytes, as Lambda does; the
+    handler never runs."""
+    big = b"x" * (6 * 1024 * 1024 + 1)
+    url = httpx.post(fn_server.url + "/fn/echo/", content=big, timeout=30)
+    assert url.status_code == 413 and "smaller than 6291456 bytes" in url.json()["Message"]
+    api = httpx.post(
+        fn_server.url + "/2015-03-31/functions/echo/invocations", content=big, timeout=30
+    )
+    assert api.status_code == 413
+    assert api.headers["x-amzn-ErrorType"].startswith("RequestTooLargeException")
+    just = httpx.post(fn_server.url + "/fn/echo/", content=b"x" * 1000, timeout=30)
+    assert just.status_code == 200
