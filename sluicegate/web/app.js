@@ -168,6 +168,7 @@ function fail(turn, msg) {
 }
 
 function finish(turn) {
+  views.get(turn)?.md.end();  // the answer is whole: show what was held back as it is
   renderFigures(turn);
   renderBadge(turn);
   save(true);
@@ -270,6 +271,7 @@ function addTurn(turn) {
   stickToBottom(() => {
     ui.turns.append(li);
     if (turn.text) md.push(turn.text);
+    if (turn.status !== "streaming") md.end();
   });
   renderFigures(turn);
   renderBadge(turn);

@@ -4,6 +4,11 @@
 // Everything goes through the DOM (textContent, createElement), never innerHTML.
 
 const FENCE = /^\s{0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
+// The start of a line that may yet become a block marker (a fence, a heading, a list item,
+// a quote): nothing but the marker so far.
+const MARKER_SO_FAR = /^\s{0,3}(`+|~+|#{1,6}|>|[-*+]|\d+[.)]?)\s*$/;
+// Where an inline construct may begin (as INLINE below matches them).
+const OPENER = /`|\*\*|__|\*(?=[^*\s])|\b_(?=[^_])|\[/;
 
 export class MarkdownStream {
   constructor(root, { onCopy } = {}) {
@@ -31,6 +36,17 @@ export class MarkdownStream {
       this.pos = nl + 1;
     }
     this.showOpen(this.text.slice(this.pos));
+  }
+
+  /** The text is complete: what was held back while it might still change shows as it is. */
+  end() {
+    const partial = this.text.slice(this.pos);
+    if (this.fence) {
+      this.fence.partial.data = partial;
+      return;
+    }
+    const lines = partial ? [...this.block, partial] : this.block;
+    if (lines.length) this.render(lines);
   }
 
   /** One complete line. */
@@ -74,20 +90,30 @@ export class MarkdownStream {
       this.fence.partial.data = /^\s*[`~]+$/.test(partial) ? "" : partial;
       return;
     }
-    const lines = partial ? [...this.block, partial] : this.block;
-    if (!lines.length) {
+    // A line that will start a block of its own (a fence, a heading, a list after a
+    // paragraph...) waits for its newline: shown early, its marker would vanish later.
+    const shown = partial && !this.startsBlock(partial) ? [...this.block, partial] : this.block;
+    if (!shown.length) {
       this.tail?.remove();
       this.tail = null;
       return;
     }
-    this.render(lines);
+    this.render(shown, true);
   }
 
-  /** Show lines as the open block, rebuilding it only if they changed. */
-  render(lines) {
-    const key = lines.join("\n");
+  startsBlock(partial) {
+    if (MARKER_SO_FAR.test(partial) || FENCE.test(partial)) return true;
+    if (/^#{1,6}\s/.test(partial) || /^\s{0,3}([-*_])(\s*\1){2,}\s*$/.test(partial)) return true;
+    return this.block.length > 0 && kind(partial) !== kind(this.block[0]) && kind(partial) !== "p";
+  }
+
+  /** Show lines as the open block, rebuilding it only if they changed. While it is open,
+   * text from an inline marker that is not closed yet waits (its marker would vanish when
+   * it closes, and the answer must only grow). */
+  render(lines, open = false) {
+    const key = (open ? "open:" : "") + lines.join("\n");
     if (this.tail && this.tailKey === key) return;
-    const el = renderBlock(lines);
+    const el = renderBlock(lines, open);
     if (this.tail) this.tail.replaceWith(el);
     else this.root.append(el);
     this.tail = el;
@@ -131,38 +157,41 @@ function kind(line) {
 }
 
 /** A finished (or provisional) block of lines as one element. */
-export function renderBlock(lines) {
+export function renderBlock(lines, open = false) {
   const first = lines[0];
   const heading = /^(#{1,6})\s+(.*)$/.exec(first);
   if (heading && lines.length === 1) {
-    return inline(el(`h${Math.min(heading[1].length + 2, 6)}`), heading[2].replace(/\s#+\s*$/, ""));
+    const text = heading[2].replace(/\s#+\s*$/, "");
+    return inline(el(`h${Math.min(heading[1].length + 2, 6)}`), text, false, open);
   }
   if (/^\s{0,3}([-*_])(\s*\1){2,}\s*$/.test(first)) return el("hr");
   const k = kind(first);
   if (k === "quote") {
-    return inline(el("blockquote"), lines.map((l) => l.replace(/^\s{0,3}>\s?/, "")).join("\n"));
+    const text = lines.map((l) => l.replace(/^\s{0,3}>\s?/, "")).join("\n");
+    return inline(el("blockquote"), text, false, open);
   }
   if (k === "list") {
     const ordered = /^\s*\d+[.)]\s/.test(first);
     const list = el(ordered ? "ol" : "ul");
     let item = null;
-    for (const line of lines) {
+    lines.forEach((line, i) => {
       const m = /^\s*(?:[-*+]|\d+[.)])\s+(.*)$/.exec(line);
       if (m || !item) {
         item = el("li");
         list.append(item);
       }
-      inline(item, m ? m[1] : line.trim(), Boolean(item.childNodes.length));
-    }
+      const last = open && i === lines.length - 1;
+      inline(item, m ? m[1] : line.trim(), Boolean(item.childNodes.length), last);
+    });
     return list;
   }
-  return inline(el("p"), lines.join("\n"));
+  return inline(el("p"), lines.join("\n"), false, open);
 }
 
 // `code`, **bold**, *em* / _em_, [text](http…) links; the rest is text.
 const INLINE = /(`+)([^`]*?)\1|\*\*([^*]+)\*\*|__([^_]+)__|\*([^*\s][^*]*)\*|\b_([^_]+)_\b|\[([^\]]+)\]\((https?:\/\/[^\s)]+)\)/g;
 
-function inline(parent, text, continued = false) {
+function inline(parent, text, continued = false, open = false) {
   if (continued) parent.append("\n");
   let last = 0;
   for (const m of text.matchAll(INLINE)) {
@@ -179,7 +208,10 @@ function inline(parent, text, continued = false) {
     }
     last = m.index + m[0].length;
   }
-  if (last < text.length) parent.append(text.slice(last));
+  let rest = text.slice(last);
+  const opener = open ? rest.search(OPENER) : -1;
+  if (opener !== -1) rest = rest.slice(0, opener);
+  if (rest) parent.append(rest);
   return parent;
 }
 

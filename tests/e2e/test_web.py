@@ -419,3 +419,28 @@ def test_stop_pressed_while_disconnected_is_sent_after_the_reconnect(
     gen = generation(server, page, turn["id"])
     assert turn["status"] == "stopped" and gen.stop_reason == "cancelled"
     assert turn["text"] == server_text(gen) and turn["seq"] < 64
+
+
+def test_inline_markup_never_makes_the_answer_shrink(page: Page, server: Server) -> None:
+    """An inline marker that is not closed yet is held back while the block is open (shown,
+    it would vanish when it closes); at the end every character is there."""
+    page.evaluate(
+        """() => { window.sizes = [];
+            new MutationObserver(() => {
+                const a = document.querySelector('.turn.assistant .answer');
+                if (a) window.sizes.push(a.textContent.length);
+            }).observe(document.querySelector('#turns'),
+                       { subtree: true, childList: true, characterData: true }); }"""
+    )
+    # constructs that span words, closed by a piece that adds fewer characters than the
+    # markers it removes (as a model's one-token "**" does)
+    words = "use `rev of xs ` then **very bold ** *so em* _it is_ [the docs](http://x.y) 2*3"
+    ask(page, "sluicegate:delay-ms=15 " + words, model="scripted")
+    turn = wait_ended(page)
+    sizes = page.evaluate("window.sizes")
+    assert len(set(sizes)) >= 4 and sizes == sorted(sizes), "the answer shrank while streaming"
+    answer = page.locator(".turn.assistant .answer").last
+    assert answer.locator("code").first.inner_text().strip() == "rev of xs"
+    assert answer.locator("strong").first.inner_text().strip() == "very bold"
+    assert "2*3" in answer.inner_text()  # never closed: shown as it is at the end
+    assert turn["status"] == "done"
