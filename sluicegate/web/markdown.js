@@ -6,7 +6,7 @@
 const FENCE = /^\s{0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
 // The start of a line that may yet become a block marker (a fence, a heading, a list item,
 // a quote): nothing but the marker so far.
-const MARKER_SO_FAR = /^\s{0,3}(`+|~+|#{1,6}|>|[-*+]|\d+[.)]?)\s*$/;
+const MARKER_SO_FAR = /^\s{0,3}(`+|~+|#{1,6}|>|([-*_+])(\s*\2)*|\d+[.)]?)\s*$/;
 // Where an inline construct may begin (as INLINE below matches them).
 const OPENER = /`|\*\*|__|\*(?=[^*\s])|\b_(?=[^_])|\[/;
 
@@ -209,8 +209,11 @@ function inline(parent, text, continued = false, open = false) {
     last = m.index + m[0].length;
   }
   let rest = text.slice(last);
-  const opener = open ? rest.search(OPENER) : -1;
-  if (opener !== -1) rest = rest.slice(0, opener);
+  // Only the last line can still close what it opened (an earlier one would have a while
+  // ago): hold back from its first opener, and no more.
+  const start = rest.lastIndexOf("\n") + 1;
+  const opener = open ? rest.slice(start).search(OPENER) : -1;
+  if (opener !== -1) rest = rest.slice(0, start + opener);
   if (rest) parent.append(rest);
   return parent;
 }
