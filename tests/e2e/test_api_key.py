@@ -197,3 +197,22 @@ def test_the_lambda_api_verifies_signatures_and_handlers_get_through(keyed: Serv
         with pytest.raises(ClientError) as caught:
             call()
         assert caught.value.response["Error"]["Code"] == "InvalidSignatureException"
+
+
+def test_an_unsigned_payload_cannot_carry_another_body(keyed: Server) -> None:
+    """`UNSIGNED-PAYLOAD` would leave the body out of the signature: a signed request could be
+    replayed with any body. These APIs sign their bodies on AWS, so it is refused."""
+
+    def work(cid: str) -> None:
+        url = f"{keyed.url}/ws/@connections/{cid.replace('=', '%3D')}"
+        request = AWSRequest(method="POST", url=url, data=b'{"n": 8}')
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        request.headers["X-Amz-Date"] = stamp
+        request.headers["X-Amz-Content-SHA256"] = "UNSIGNED-PAYLOAD"
+        request.context["timestamp"] = stamp
+        SigV4Auth(Credentials("ANYKEYID", KEY), "execute-api", "us-east-1").add_auth(request)
+        headers = dict(request.headers)
+        replayed = httpx.post(url, content=b'{"n": "injected"}', headers=headers)
+        assert replayed.status_code == 403
+
+    assert with_connection(keyed, work) == []
