@@ -273,6 +273,12 @@ def _serve(
     except HandlerLoadError as exc:
         console.print(f"[red]cannot load a handler:[/red] {exc}")
         raise typer.Exit(2) from None
+    if settings.api_key is None and settings.host not in ("127.0.0.1", "::1", "localhost"):
+        console.print(
+            f"[yellow]warning:[/yellow] serving on {settings.host} without an api_key: anyone "
+            "who can reach it may use the models (@connections and the Lambda API still "
+            "answer this machine only). Set api_key in the config."
+        )
     gateway = Gateway(settings, build_providers(settings))
     for provider in gateway.providers.values():
         console.print(f"[green]ready[/green] {provider.describe()}")

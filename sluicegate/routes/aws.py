@@ -47,6 +47,19 @@ SIGV4 = re.compile(
 CLOCK_SKEW = datetime.timedelta(minutes=15)  # as AWS: older or newer signatures are refused
 
 
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def require_local_without_key(request: Request, api_key: str | None, what: str) -> None:
+    """Without an api_key nothing proves who calls: management APIs answer this machine only."""
+    host = request.client.host if request.client else ""
+    if api_key is None and host not in LOOPBACK:
+        raise errors.Forbidden(
+            f"Forbidden: without an api_key, {what} answers callers on this machine only "
+            "(configure api_key to call it from elsewhere)."
+        )
+
+
 def require_signature(request: Request, body: bytes) -> None:
     """With an api_key configured, an AWS API call must prove it knows the key (`authorized`)."""
     api_key = request.app.state.gateway.settings.api_key

@@ -8,7 +8,8 @@ Never open to anyone: a request must be SigV4-signed (as boto3 signs it) or carr
 With `api_key` configured, a signature must verify with the key as the secret access key
 (handlers get it as AWS_SECRET_ACCESS_KEY unless the environment has one, which is then
 accepted too), so a forged Authorization header gets nowhere; without a key, any SigV4-signed
-request is let in (local use, whatever the caller's keys).
+request from this machine is let in (local use, whatever the caller's keys), and none from
+elsewhere.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from starlette.routing import Route
 
 from sluicegate import errors
 from sluicegate.bus.memory import Connections
-from sluicegate.routes.aws import authorized, error_response
+from sluicegate.routes.aws import authorized, error_response, require_local_without_key
 
 MAX_DATA = 128 * 1024
 
@@ -69,6 +70,7 @@ async def _body(request: Request) -> bytes:
 
 def _authorize(request: Request, body: bytes, api_key: str | None, secrets: Sequence[str]) -> None:
     auth = request.headers.get("authorization", "")
+    require_local_without_key(request, api_key, "the @connections API")
     if api_key is None:
         if auth.startswith("AWS4-HMAC-SHA256 ") and "Credential=" in auth:
             return

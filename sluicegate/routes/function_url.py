@@ -20,7 +20,7 @@ from starlette.routing import Route
 from sluicegate import errors, functions, handlers
 from sluicegate.codecs import eventstream
 from sluicegate.config import FunctionSettings, Settings
-from sluicegate.routes.aws import error_response, require_signature
+from sluicegate.routes.aws import error_response, require_local_without_key, require_signature
 from sluicegate.routes.streaming import StreamResponse, read_limited
 from sluicegate.translate import lambda_events
 
@@ -139,6 +139,7 @@ class Functions:
         """The Lambda API's request: the function's handler, its event and context."""
         name = request.path_params["name"]
         config, handler = self.get(name)
+        require_local_without_key(request, self.settings.api_key, "the Lambda API")
         body = await lambda_body(request, functions.REQUEST_LIMIT)
         require_signature(request, body)
         return handler, _payload(body), handlers.LambdaContext(name, config.timeout_seconds)
@@ -146,7 +147,12 @@ class Functions:
     async def invoke(self, request: Request) -> Response:
         try:
             handler, event, context = await self._invocation(request)
-        except (errors.NotFound, errors.InvalidSignature, errors.RequestTooLarge) as exc:
+        except (
+            errors.NotFound,
+            errors.InvalidSignature,
+            errors.RequestTooLarge,
+            errors.Forbidden,
+        ) as exc:
             return error_response(exc)
         try:
             value = await handlers.call(handler, event, context)
@@ -168,7 +174,12 @@ class Functions:
     async def invoke_stream(self, request: Request) -> Response:
         try:
             handler, event, context = await self._invocation(request)
-        except (errors.NotFound, errors.InvalidSignature, errors.RequestTooLarge) as exc:
+        except (
+            errors.NotFound,
+            errors.InvalidSignature,
+            errors.RequestTooLarge,
+            errors.Forbidden,
+        ) as exc:
             return error_response(exc)
         headers = {"X-Amz-Executed-Version": "$LATEST"}
         name = request.path_params["name"]
