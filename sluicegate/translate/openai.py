@@ -10,7 +10,7 @@ error) is never a finish: it is an in-band `{"error": ...}`, after which the str
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -348,17 +348,24 @@ def chat_messages(messages: Any) -> tuple[str, tuple[Message, ...]]:
             "messages",
             "empty_array",
         )
+    return conversation(
+        (_chat_message(m, f"messages[{i}]") for i, m in enumerate(messages)), "messages"
+    )
+
+
+def conversation(pairs: Iterable[tuple[str, str]], param: str) -> tuple[str, tuple[Message, ...]]:
+    """(system text, the turns) from (role, text) pairs: system and developer ones make the
+    system text, the rest the conversation, which needs a user turn."""
     system: list[str] = []
     turns: list[Message] = []
-    for i, m in enumerate(messages):
-        role, text = _chat_message(m, f"messages[{i}]")
+    for role, text in pairs:
         if role in ("user", "assistant"):
             turns.append(turn(role, text))
         else:
             system.append(text)
     if not turns:
         raise InvalidRequest(
-            "Invalid 'messages': add at least one 'user' message.", "messages", "invalid_value"
+            f"Invalid '{param}': add at least one 'user' message.", param, "invalid_value"
         )
     return "\n\n".join(system), merge_turns(turns)
 

@@ -37,16 +37,15 @@ from sluicegate.translate.openai import (
     InvalidRequest,
     absent_or,
     boolean,
+    conversation,
     early_end,
     integer,
     invalid_type,
-    merge_turns,
     missing,
     number,
     parse_json,
     part_text,
     string,
-    turn,
     unknown_keys,
     unsupported,
 )
@@ -152,19 +151,7 @@ def input_messages(value: Any) -> tuple[str, tuple[Message, ...]]:
             "input",
             "empty_array",
         )
-    system: list[str] = []
-    turns: list[Message] = []
-    for i, item in enumerate(value):
-        role, text = _item(item, f"input[{i}]")
-        if role in ("user", "assistant"):
-            turns.append(turn(role, text))
-        else:
-            system.append(text)
-    if not turns:
-        raise InvalidRequest(
-            "Invalid 'input': add at least one 'user' message.", "input", "invalid_value"
-        )
-    return "\n\n".join(system), merge_turns(turns)
+    return conversation((_item(item, f"input[{i}]") for i, item in enumerate(value)), "input")
 
 
 def _item(item: Any, where: str) -> tuple[str, str]:
