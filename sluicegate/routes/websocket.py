@@ -255,11 +255,7 @@ class WebSocketApi:
         after = body.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise errors.ValidationError("after must be the last seq received (an integer >= 0).")
-        sent = sum(isinstance(e, TextDelta) for e in live.gen.log)
-        if after > sent:
-            raise errors.ValidationError(
-                f"after ({after}) is past the last delta sent ({sent}): send the last seq received."
-            )
+        _log_position(live.gen, after)  # a bad `after` is refused before the stream is touched
         if live.grace is not None:
             live.grace.cancel()
             live.grace = None
