@@ -10,7 +10,6 @@ error type; after it, an `event: error`, and the stream ends.
 
 from __future__ import annotations
 
-import functools
 import hmac
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -23,11 +22,16 @@ from starlette.routing import Route
 from sluicegate import errors
 from sluicegate.codecs import sse
 from sluicegate.events import Event
-from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import caller
 from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
-from sluicegate.routes.streaming import StreamResponse, read_limited, wait_or_disconnect
+from sluicegate.routes.streaming import (
+    StreamResponse,
+    answering,
+    gateway_of,
+    read_limited,
+    wait_or_disconnect,
+)
 from sluicegate.translate import anthropic
 
 ROUTE = "anthropic"
@@ -66,22 +70,6 @@ def error_response(exc: errors.SluicegateError) -> JSONResponse:
     return JSONResponse(anthropic.error_json(exc), status, headers=headers)
 
 
-def anthropic_errors(endpoint: Endpoint) -> Endpoint:
-    @functools.wraps(endpoint)
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except errors.SluicegateError as exc:
-            return error_response(exc)
-
-    return wrapped
-
-
-def gateway_of(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
 def authenticate(request: Request) -> str:
     """The caller's key checked against the configured api_key (any key without one); returns
     the owner, the same digest of the key that the Bearer scheme gives on every door."""
@@ -104,7 +92,7 @@ async def read_body(request: Request) -> bytes:
 # -- POST /v1/messages ---------------------------------------------------------------------------
 
 
-@anthropic_errors
+@answering(error_response)
 async def messages(request: Request) -> Response:
     owner = authenticate(request)
     chat, stream = anthropic.parse_request(await read_body(request))
@@ -143,7 +131,7 @@ async def stream_events(gen: Generation, after: int = 0) -> AsyncGenerator[bytes
 # -- POST /v1/messages/count_tokens --------------------------------------------------------------
 
 
-@anthropic_errors
+@answering(error_response)
 async def count_tokens(request: Request) -> Response:
     authenticate(request)
     chat = anthropic.parse_count(await read_body(request))
@@ -153,7 +141,7 @@ async def count_tokens(request: Request) -> Response:
 # -- GET /sluicegate/generations/{id}/events -------------------------------------------------------
 
 
-@anthropic_errors
+@answering(error_response)
 async def generation_events(request: Request) -> Response:
     """Like the introspection route, the generation's id (96 random bits) is the only
     credential: a browser's EventSource cannot send headers."""

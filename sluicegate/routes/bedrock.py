@@ -8,7 +8,6 @@ verified (routes/aws.py). Errors before the first byte are Bedrock's own: status
 from __future__ import annotations
 
 import base64
-import functools
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -20,10 +19,15 @@ from starlette.routing import Route
 from sluicegate import errors
 from sluicegate.codecs import eventstream
 from sluicegate.events import EARLY_STOPS, ChatRequest, Event, MessageStop
-from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import caller, error_response, require_signature
-from sluicegate.routes.streaming import StreamResponse, read_limited, wait_or_disconnect
+from sluicegate.routes.streaming import (
+    StreamResponse,
+    answering,
+    gateway_of,
+    read_limited,
+    wait_or_disconnect,
+)
 from sluicegate.translate import anthropic, converse
 
 EVENTSTREAM = "application/vnd.amazon.eventstream"
@@ -32,28 +36,12 @@ ROUTE = "bedrock"
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def bedrock_errors(endpoint: Endpoint) -> Endpoint:
-    @functools.wraps(endpoint)
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except errors.SluicegateError as exc:
-            return error_response(exc)
-
-    return wrapped
-
-
 async def read_body(request: Request) -> bytes:
     """The request body, refused as soon as it passes the configured limit (25 MB), then
     checked against the api_key's signature when one is configured."""
     body = await read_limited(request, gateway_of(request).settings.max_body_bytes)
     require_signature(request, body)
     return body
-
-
-def gateway_of(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
 
 
 async def start(request: Request, parse: Callable[[str, bytes], ChatRequest]) -> Generation:
@@ -85,7 +73,7 @@ def _headers(gen: Generation, **extra: str) -> dict[str, str]:
 # -- InvokeModel / InvokeModelWithResponseStream ---------------------------------------------
 
 
-@bedrock_errors
+@answering(error_response)
 async def invoke(request: Request) -> Response:
     gen = await start(request, anthropic.parse_body)
     events = await finished_events(request, gen)
@@ -101,7 +89,7 @@ async def invoke(request: Request) -> Response:
     return JSONResponse(anthropic.message_json(events), headers=headers)
 
 
-@bedrock_errors
+@answering(error_response)
 async def invoke_stream(request: Request) -> Response:
     gen = await start(request, anthropic.parse_body)
     headers = _headers(gen, **{"X-Amzn-Bedrock-Content-Type": "application/json"})
@@ -136,14 +124,14 @@ def chunk_frame(event: Event) -> bytes | None:
 # -- Converse / ConverseStream -----------------------------------------------------------------
 
 
-@bedrock_errors
+@answering(error_response)
 async def converse_once(request: Request) -> Response:
     gen = await start(request, converse.parse_body)
     events = await finished_events(request, gen)
     return JSONResponse(converse.response_json(events), headers=_headers(gen))
 
 
-@bedrock_errors
+@answering(error_response)
 async def converse_stream(request: Request) -> Response:
     gen = await start(request, converse.parse_body)
     return StreamResponse(frames(gen, converse_frame), EVENTSTREAM, _headers(gen), _disconnect(gen))
@@ -157,7 +145,7 @@ def converse_frame(event: Event) -> bytes | None:
 # -- CountTokens ---------------------------------------------------------------------------------
 
 
-@bedrock_errors
+@answering(error_response)
 async def count_tokens(request: Request) -> Response:
     chat = converse.count_input(request.path_params["model_id"], await read_body(request))
     return JSONResponse({"inputTokens": await gateway_of(request).count_tokens(chat)})

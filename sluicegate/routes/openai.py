@@ -33,7 +33,12 @@ from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import caller
 from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
-from sluicegate.routes.streaming import StreamResponse, read_limited, wait_or_disconnect
+from sluicegate.routes.streaming import (
+    StreamResponse,
+    gateway_of,
+    read_limited,
+    wait_or_disconnect,
+)
 from sluicegate.translate import openai
 from sluicegate.translate.openai_responses import (
     ResponseMeta,
@@ -65,11 +70,6 @@ def openai_door(endpoint: Endpoint) -> Endpoint:
 def error_response(exc: errors.SluicegateError) -> JSONResponse:
     headers = {} if exc.retry_after is None else {"retry-after": str(exc.retry_after)}
     return JSONResponse(openai.error_json(exc), openai.status_of(exc), headers=headers)
-
-
-def gateway_of(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
 
 
 def authenticate(request: Request) -> None:

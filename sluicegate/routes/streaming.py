@@ -10,14 +10,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Mapping
+import functools
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from sluicegate import errors
+from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def answering(
+    render: Callable[[errors.SluicegateError], Response],
+) -> Callable[[Endpoint], Endpoint]:
+    """A door's endpoints raise SluicegateError; `render` answers it in the door's shape."""
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except errors.SluicegateError as exc:
+                return render(exc)
+
+        return wrapped
+
+    return decorate
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
