@@ -62,8 +62,7 @@ class Gateway:
         gen.meter.on_late_usage = lambda tokens: m.late_output(gen, tokens)
         await gen.start()
         m.started(gen)
-        self.generations[gen.id] = gen
-        self._forget_old()
+        self.generations[gen.id] = gen  # ended ones are forgotten as each one ends (_ended)
         return gen
 
     def unready(self) -> dict[str, str]:
