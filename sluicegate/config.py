@@ -156,6 +156,9 @@ class Settings(Strict):
     # Accepted as `Authorization: Bearer <key>` where SigV4 is not used (@connections API).
     api_key: str | None = None
     max_body_bytes: int = 25 * 1024 * 1024
+    # Generations one client address may have queued or running at once, on all doors
+    # together (more: each door's throttling error); 0 lifts the cap.
+    max_generations_per_caller: int = Field(64, ge=0)
     # Ended generations kept for resume and introspection (newest first): at most this many
     # bytes of their event logs in all, and for this long.
     ended_bytes: int = Field(64 * 1024 * 1024, ge=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -28,6 +28,9 @@ class Gateway:
         self.providers = providers
         self.metrics = GatewayMetrics()
         self.generations: OrderedDict[str, Generation] = OrderedDict()
+        # Live (queued or running) generations by caller address, held to a cap so that one
+        # client cannot take every slot and queue place of a provider.
+        self.live_by_caller: Counter[str] = Counter()
         self.metrics.add_gauges("sluicegate_ended", self.ended_figures)
         local = providers.get("local")
         engine = getattr(local, "engine", None)
@@ -40,8 +43,19 @@ class Gateway:
             raise errors.NotFound(f"No provider serves model id {model_id!r}: check the routes.")
         return self.providers[name]
 
-    async def start(self, request: ChatRequest, *, route: str, owner: str = "") -> Generation:
-        """Create and start a generation; raises SluicegateError if it is refused."""
+    async def start(
+        self, request: ChatRequest, *, route: str, owner: str = "", caller: str = ""
+    ) -> Generation:
+        """Create and start a generation; raises SluicegateError if it is refused.
+
+        `caller` is the client's address (after a trusted proxy's X-Forwarded-For): what the
+        per-caller cap counts, since an owner is only what the client claims without a key."""
+        cap = self.settings.max_generations_per_caller
+        if cap and self.live_by_caller[caller] >= cap:
+            raise errors.Throttled(
+                f"This client has {cap} generations queued or running, its limit "
+                "(max_generations_per_caller): wait for one to end."
+            )
         stop_chars = sum(len(s) for s in request.stop_sequences)
         if stop_chars > MAX_STOP_CHARS:
             raise errors.ValidationError(
@@ -60,7 +74,13 @@ class Gateway:
             on_end=self._ended,
         )
         gen.meter.on_late_usage = lambda tokens: m.late_output(gen, tokens)
-        await gen.start()
+        gen.caller = caller
+        self.live_by_caller[caller] += 1
+        try:
+            await gen.start()
+        except BaseException:
+            self._release(gen)
+            raise
         m.started(gen)
         self.generations[gen.id] = gen  # ended ones are forgotten as each one ends (_ended)
         return gen
@@ -88,8 +108,18 @@ class Gateway:
         return stream
 
     def _ended(self, gen: Generation) -> None:
+        self._release(gen)
         self.metrics.finished(gen)
         self._forget_old()
+
+    def _release(self, gen: Generation) -> None:
+        if gen.caller is not None:
+            left = self.live_by_caller[gen.caller] - 1
+            if left > 0:
+                self.live_by_caller[gen.caller] = left
+            else:
+                del self.live_by_caller[gen.caller]
+            gen.caller = None
 
     def _forget_old(self) -> None:
         """Ended generations stay for resume and introspection, the newest first, within a

@@ -93,6 +93,7 @@ class Generation:
         self.route = route
         self.provider = provider
         self.owner = owner
+        self.caller: str | None = None  # the address the gateway counts it against, while live
         self.meter = Meter(key=self.id)
         self.timings = Timings()
         self.log: list[Event] = []

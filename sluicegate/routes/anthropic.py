@@ -23,7 +23,7 @@ from sluicegate import errors
 from sluicegate.codecs import sse
 from sluicegate.events import Event
 from sluicegate.generation import Generation
-from sluicegate.routes.aws import caller
+from sluicegate.routes.aws import address, caller
 from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
 from sluicegate.routes.streaming import (
     StreamResponse,
@@ -97,7 +97,7 @@ async def messages(request: Request) -> Response:
     owner = authenticate(request)
     chat, stream = anthropic.parse_request(await read_body(request))
     gateway = gateway_of(request)
-    gen = await gateway.start(chat, route=ROUTE, owner=owner)
+    gen = await gateway.start(chat, route=ROUTE, owner=owner, caller=address(request))
     headers = {"request-id": gen.id}
     if stream:
         every = gateway.settings.sse_heartbeat_seconds

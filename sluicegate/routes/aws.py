@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from sluicegate import errors
@@ -50,10 +50,14 @@ CLOCK_SKEW = datetime.timedelta(minutes=15)  # as AWS: older or newer signatures
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
+def address(conn: HTTPConnection) -> str:
+    """The client's address: what per-caller limits count (an owner is only claimed)."""
+    return conn.client.host if conn.client else ""
+
+
 def require_local_without_key(request: Request, api_key: str | None, what: str) -> None:
     """Without an api_key nothing proves who calls: management APIs answer this machine only."""
-    host = request.client.host if request.client else ""
-    if api_key is None and host not in LOOPBACK:
+    if api_key is None and address(request) not in LOOPBACK:
         raise errors.Forbidden(
             f"Forbidden: without an api_key, {what} answers callers on this machine only "
             "(configure api_key to call it from elsewhere)."

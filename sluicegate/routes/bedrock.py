@@ -20,7 +20,7 @@ from sluicegate import errors
 from sluicegate.codecs import eventstream
 from sluicegate.events import EARLY_STOPS, ChatRequest, Event, MessageStop
 from sluicegate.generation import Generation
-from sluicegate.routes.aws import caller, error_response, require_signature
+from sluicegate.routes.aws import address, caller, error_response, require_signature
 from sluicegate.routes.streaming import (
     StreamResponse,
     answering,
@@ -48,7 +48,10 @@ async def start(request: Request, parse: Callable[[str, bytes], ChatRequest]) ->
     model_id = request.path_params["model_id"]
     chat = parse(model_id, await read_body(request))
     return await gateway_of(request).start(
-        chat, route=ROUTE, owner=caller(request.headers.get("authorization", ""))
+        chat,
+        route=ROUTE,
+        owner=caller(request.headers.get("authorization", "")),
+        caller=address(request),
     )
 
 

@@ -20,7 +20,12 @@ from starlette.routing import Route
 from sluicegate import errors, functions, handlers
 from sluicegate.codecs import eventstream
 from sluicegate.config import FunctionSettings, Settings
-from sluicegate.routes.aws import error_response, require_local_without_key, require_signature
+from sluicegate.routes.aws import (
+    address,
+    error_response,
+    require_local_without_key,
+    require_signature,
+)
 from sluicegate.routes.streaming import StreamResponse, read_limited
 from sluicegate.translate import lambda_events
 
@@ -128,7 +133,7 @@ class Functions:
             raw_query=request.url.query,
             headers=request.headers,
             query=request.query_params,
-            source_ip=_ip(request),
+            source_ip=address(request),
             domain=self.settings.public_host,
             body=await lambda_body(request, functions.REQUEST_LIMIT),
         )
@@ -236,10 +241,6 @@ def _payload(raw: bytes) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):
         return raw.decode("utf-8", "replace")
-
-
-def _ip(request: Request) -> str:
-    return request.client.host if request.client else ""
 
 
 async def lambda_body(request: Request, limit: int) -> bytes:

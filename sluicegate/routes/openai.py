@@ -31,7 +31,7 @@ from sluicegate.codecs import sse
 from sluicegate.events import EARLY_STOPS, ChatRequest, Event
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
-from sluicegate.routes.aws import caller
+from sluicegate.routes.aws import address, caller
 from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
 from sluicegate.routes.streaming import (
     StreamResponse,
@@ -90,7 +90,7 @@ async def read_body(request: Request) -> bytes:
 
 async def start(request: Request, chat: ChatRequest) -> Generation:
     owner = caller(request.headers.get("authorization", ""))
-    return await gateway_of(request).start(chat, route=ROUTE, owner=owner)
+    return await gateway_of(request).start(chat, route=ROUTE, owner=owner, caller=address(request))
 
 
 async def finished(request: Request, gen: Generation) -> list[Event]:

@@ -227,7 +227,9 @@ class WebSocketApi:
                 "wait for one to end, or stop one."
             )
         request = wire.parse_generate(body)
-        gen = await self.gateway.start(request, route=ROUTE, owner=conn.owner)
+        gen = await self.gateway.start(
+            request, route=ROUTE, owner=conn.owner, caller=conn.source_ip
+        )
         live = Live(client_id, gen, conn)
         self._forget_ended()
         self.live[(conn.owner, client_id)] = live
