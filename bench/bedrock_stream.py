@@ -64,7 +64,8 @@ POLL_S = 0.005
 SETTLE_S = 0.3
 STOP_TIMEOUT_S = 15.0
 START_TIMEOUT_S = 180.0
-SERVER_CONFIG = "[scripted]\ndelay_ms = 0\nlength = 128\n"
+# Every bench stream comes from one address: no per-caller cap.
+SERVER_CONFIG = "max_generations_per_caller = 0\n[scripted]\ndelay_ms = 0\nlength = 128\n"
 NAMES = (
     "Ada", "Bram", "Cora", "Dmitri", "Elif", "Farid", "Greta", "Hiro", "Ines", "Jonas", "Kaia",
     "Luca", "Mira", "Nils", "Oona", "Pavel", "Quinn", "Rosa", "Sami", "Tove", "Uma", "Viktor",

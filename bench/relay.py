@@ -165,6 +165,7 @@ def sluicegate(workdir: Path, upstream: int) -> Iterator[Target]:
     port = free_port()
     config = workdir / "relay.toml"
     config.write_text(
+        "max_generations_per_caller = 0\n"  # every bench stream comes from one address
         f'[providers.mock]\ntype = "openai"\nbase_url = "http://127.0.0.1:{upstream}/v1"\n'
         "max_concurrency = 2048\nmax_queue = 4096\n"
         '[[routes]]\nmatch = "*"\nprovider = "mock"\n'

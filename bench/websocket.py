@@ -92,7 +92,8 @@ def sluicegate(workdir: Path, name: str, *flags: str) -> Iterator[tuple[str, int
     """`sluicegate serve` with `flags`; yields its base URL and process id."""
     port = free_port()
     config = workdir / f"{name}.toml"
-    config.write_text(f'api_key = "{API_KEY}"\n')
+    # Every bench stream comes from one address: no per-caller cap.
+    config.write_text(f'api_key = "{API_KEY}"\nmax_generations_per_caller = 0\n')
     cmd = [str(BIN / "sluicegate"), "serve", "--port", str(port), "--config", str(config)]
     cmd += ["--log-level", "warning", *flags]
     url = f"http://127.0.0.1:{port}"
