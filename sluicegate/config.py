@@ -78,6 +78,9 @@ class WebSocketSettings(Strict):
     max_message_bytes: int = Field(128 * 1024, ge=1024)
     # Each frame of a message too (clients may fragment a message into smaller frames).
     max_frame_bytes: int | None = Field(32 * 1024, ge=1024)
+    # Bytes waiting to be sent to one socket; past it the client is too slow: it is closed
+    # (1008) and its generations can be resumed from another connection.
+    max_outbound_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)
     # Lambda-style handlers by route key: {"$connect": "chat.py:on_connect", "sendmessage": ...}
     routes: dict[str, str] = {}
     handler_timeout_seconds: float = Field(29.0, gt=0)

@@ -1,7 +1,9 @@
 """The in-process bus: which WebSocket connections exist here, and how to reach them.
 
 A Connection has one outbound queue drained by one writer, so generations, @connections posts
-and replies never interleave half-messages and each keeps its order.
+and replies never interleave half-messages and each keeps its order. The queue holds at most
+`max_queued_bytes`: a client that cannot keep up is disconnected (1008) rather than let the
+server's memory grow; its generations stay resumable from their logs.
 """
 
 from __future__ import annotations
@@ -28,21 +30,42 @@ class Connection:
     connected_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_active_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     outbound: asyncio.Queue[Outbound] = field(default_factory=asyncio.Queue)
+    max_queued_bytes: int | None = None
+    queued_bytes: int = 0
     closed: bool = False
     close_code: int = 1000
+    close_reason: str = ""
     opened: float = field(default_factory=time.monotonic)
     active: float = field(default_factory=time.monotonic)
 
     def send(self, message: str | bytes) -> None:
         if self.closed:
             raise errors.Gone(f"Connection {self.id} is gone.")
+        size = len(message)
+        limit = self.max_queued_bytes
+        if limit is not None and self.queued_bytes + size > limit:
+            self.close(1008, "client too slow: the server's queue for it is full", now=True)
+            raise errors.Gone(
+                f"Connection {self.id} was closed: it fell {limit} bytes behind what was sent."
+            )
+        self.queued_bytes += size
         self.outbound.put_nowait(message)
 
-    def close(self, code: int = 1000) -> None:
-        if not self.closed:
-            self.closed = True
-            self.close_code = code
-            self.outbound.put_nowait(None)
+    def taken(self, message: str | bytes) -> None:
+        """The writer took `message` off the queue."""
+        self.queued_bytes -= len(message)
+
+    def close(self, code: int = 1000, reason: str = "", *, now: bool = False) -> None:
+        """Close after what is queued, or `now`: what is queued is dropped."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code, self.close_reason = code, reason
+        if now:
+            while not self.outbound.empty():
+                self.outbound.get_nowait()
+            self.queued_bytes = 0
+        self.outbound.put_nowait(None)
 
     def touch(self) -> None:
         self.last_active_at = datetime.now(UTC)

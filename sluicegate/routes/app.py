@@ -68,6 +68,7 @@ def create_app(
         handler_timeout=ws.handler_timeout_seconds,
         idle_timeout=ws.idle_timeout_seconds,
         max_lifetime=ws.max_connection_seconds,
+        max_queued_bytes=ws.max_outbound_bytes,
     )
 
     @asynccontextmanager

@@ -76,6 +76,7 @@ class WebSocketApi:
         handler_timeout: float = 29.0,
         idle_timeout: float | None = 600.0,
         max_lifetime: float | None = 7200.0,
+        max_queued_bytes: int | None = 4 * 1024 * 1024,
     ) -> None:
         self.gateway = gateway
         self.connections = connections
@@ -87,6 +88,7 @@ class WebSocketApi:
         self._tasks: set[asyncio.Future[None]] = set()
         self.idle_timeout = idle_timeout
         self.max_lifetime = max_lifetime
+        self.max_queued_bytes = max_queued_bytes
         self._sweeper: asyncio.Task[None] | None = None
         self.route_path = _route_path(route_key)
         self.live: dict[tuple[str, str], Live] = {}
@@ -106,6 +108,7 @@ class WebSocketApi:
     async def endpoint(self, ws: WebSocket) -> None:
         client = ws.client.host if ws.client else ""
         conn = Connection(_owner(ws), client, ws.headers.get("user-agent", ""))
+        conn.max_queued_bytes = self.max_queued_bytes
         if not await self._connect(conn, ws):
             await ws.close(1008)  # before accept: the client sees the handshake refused (403)
             return
@@ -335,14 +338,22 @@ def _log_position(gen: Generation, after: int) -> int:
 
 
 async def _write(conn: Connection, ws: WebSocket) -> None:
-    """The connection's only writer: messages leave in the order they were queued."""
-    with contextlib.suppress(Exception):
+    """The connection's only writer: messages leave in the order they were queued. If one
+    cannot be sent (not the client leaving), the socket closes with 1011, never silently."""
+    try:
         while (message := await conn.outbound.get()) is not None:
+            conn.taken(message)
             if isinstance(message, str):
                 await ws.send_text(message)
             else:
                 await ws.send_bytes(message)
-        await ws.close(conn.close_code)
+    except WebSocketDisconnect:
+        return
+    except Exception:
+        log.exception("WebSocket %s: a message could not be sent; closing with 1011", conn.id)
+        conn.close(1011, "the server failed to send a message", now=True)
+    with contextlib.suppress(Exception):
+        await ws.close(conn.close_code, conn.close_reason or None)
 
 
 def _reply(conn: Connection, message: Body) -> None:
