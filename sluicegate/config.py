@@ -169,6 +169,9 @@ class Settings(Strict):
     # Web pages (by their Origin) that may use the server besides its own and localhost ones;
     # "*" allows any. Clients that send no Origin (SDKs, curl) are not affected.
     allowed_origins: list[str] = []
+    # Host names the server answers besides this machine's and the address it is bound to
+    # (against DNS rebinding); "*" any. A server bound to 0.0.0.0 answers any by default.
+    allowed_hosts: list[str] = []
     # Server-sent-events doors send a heartbeat after this much silence (proxies cut idle
     # streams at 60-120 s), from the moment a request is accepted, queued or not.
     sse_heartbeat_seconds: float = Field(15.0, gt=0)

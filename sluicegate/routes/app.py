@@ -21,7 +21,7 @@ from sluicegate.routes import bedrock, metrics, web
 from sluicegate.routes import openai as openai_door
 from sluicegate.routes.connections import connections_api
 from sluicegate.routes.function_url import Functions
-from sluicegate.routes.guard import OriginGuard
+from sluicegate.routes.guard import OriginGuard, host_names
 from sluicegate.routes.websocket import WebSocketApi, cancel_all
 
 
@@ -100,7 +100,13 @@ def create_app(
             *web.routes(),
         ],
         exception_handlers={HTTPException: not_found},
-        middleware=[Middleware(OriginGuard, allowed=gateway.settings.allowed_origins)],
+        middleware=[
+            Middleware(
+                OriginGuard,
+                allowed=gateway.settings.allowed_origins,
+                hosts=host_names(gateway.settings.host, gateway.settings.allowed_hosts),
+            )
+        ],
         lifespan=lifespan,
     )
     app.state.gateway = gateway

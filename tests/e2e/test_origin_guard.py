@@ -14,6 +14,7 @@ import websockets
 from sluicegate.config import Route, Settings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.scripted import ScriptedProvider
+from sluicegate.routes.guard import OriginGuard, host_names
 from tests.conftest import Server, serve, stop
 
 BODY = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 4,
@@ -77,3 +78,53 @@ def test_a_refused_page_gets_a_clear_403_and_public_function_urls_stay_public(
     assert refused.status_code == 403 and "allowed_origins" in refused.json()["message"]
     # /fn/ is a Function URL: public, its CORS the function's own business (none here: 404)
     assert post(guarded, "/fn/nothing/", "http://evil.example") == 404
+
+
+@pytest.mark.parametrize(
+    ("host", "served"),
+    [
+        ("localhost:8000", True),
+        ("127.0.0.1", True),
+        ("[::1]:8000", True),
+        ("evil.example", False),  # DNS rebinding: a hostile name resolving to 127.0.0.1
+        ("127.0.0.1.evil.example:8000", False),
+        ("localhost.", False),
+        ("[::1", False),  # not even a name
+    ],
+)
+def test_a_loopback_server_answers_only_this_machines_host_names(
+    guarded: Server, host: str, served: bool
+) -> None:
+    r = httpx.post(guarded.url + "/model/m/invoke", content=BODY, headers={"host": host})
+    assert (r.status_code == 200) is served
+    if not served:
+        assert r.status_code == 400 and "allowed_hosts" in r.json()["message"]
+
+    async def handshake() -> int | None:
+        try:
+            async with websockets.connect(guarded.ws_url, additional_headers={"host": host}):
+                return None
+        except websockets.exceptions.InvalidStatus as refused:
+            return refused.response.status_code
+
+    assert (asyncio.run(handshake()) is None) is served
+
+
+@pytest.mark.parametrize(
+    ("bound", "allowed", "host", "served"),
+    [
+        ("0.0.0.0", [], "anything.example", True),  # every address: names unknown
+        ("0.0.0.0", ["gw.example.com"], "gw.example.com", True),
+        ("0.0.0.0", ["gw.example.com"], "localhost", True),
+        ("0.0.0.0", ["gw.example.com"], "evil.example", False),
+        ("10.0.0.5", [], "10.0.0.5", True),
+        ("10.0.0.5", [], "evil.example", False),
+        ("127.0.0.1", ["*"], "evil.example", True),
+    ],
+)
+def test_host_names_by_bound_address_and_config(
+    bound: str, allowed: list[str], host: str, served: bool
+) -> None:
+    guard = OriginGuard(lambda *a: None, hosts=host_names(bound, allowed))
+    scope = {"type": "http", "path": "/", "headers": [(b"host", host.encode())]}
+    assert guard._known_host(scope) is served
