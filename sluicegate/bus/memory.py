@@ -31,6 +31,8 @@ class Connection:
     last_active_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     outbound: asyncio.Queue[Outbound] = field(default_factory=asyncio.Queue)
     max_queued_bytes: int | None = None
+    # Showed the server's api_key (if one is set): may use the built-in `generate` route.
+    verified: bool = True
     queued_bytes: int = 0
     closed: bool = False
     close_code: int = 1000

@@ -109,6 +109,7 @@ class WebSocketApi:
         client = ws.client.host if ws.client else ""
         conn = Connection(_owner(ws), client, ws.headers.get("user-agent", ""))
         conn.max_queued_bytes = self.max_queued_bytes
+        conn.verified = _shows_key(ws, self.gateway.settings.api_key)
         if not await self._connect(conn, ws):
             await ws.close(1008)  # before accept: the client sees the handshake refused (403)
             return
@@ -218,6 +219,11 @@ class WebSocketApi:
     # -- built-in routes ---------------------------------------------------------------------
 
     async def generate(self, conn: Connection, body: Body) -> None:
+        if not conn.verified:
+            raise errors.Forbidden(
+                "This server has an api_key: connect with `Authorization: Bearer <key>`, or "
+                "from a browser with ?token=<key> in the URL, to generate."
+            )
         client_id = _id(body) or _new_id()
         if not isinstance(client_id, str):
             raise errors.ValidationError("id must be a string.")
@@ -382,9 +388,20 @@ def _new_id() -> str:
     return "gen_" + secrets.token_hex(8)
 
 
+def _shows_key(ws: WebSocket, api_key: str | None) -> bool:
+    """The connection showed the api_key (in the header, or as ?token= since browsers cannot
+    set headers on a WebSocket); always true without a key."""
+    if api_key is None:
+        return True
+    sent = ws.headers.get("authorization", "")
+    sent = sent[7:] if sent.lower().startswith("bearer ") else ws.query_params.get("token", "")
+    return hmac.compare_digest(sent.encode(), api_key.encode())
+
+
 def _owner(ws: WebSocket) -> str:
     """Who owns the connection's generations (resume needs the same owner)."""
-    known = caller(ws.headers.get("authorization", ""))
+    token = ws.query_params.get("token")
+    known = caller(ws.headers.get("authorization", "") or (f"Bearer {token}" if token else ""))
     return known or ws.query_params.get("owner", "anonymous")
 
 

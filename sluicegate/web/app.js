@@ -66,10 +66,23 @@ const running = () => state.turns.find((t) => t.role === "assistant" && t.status
 
 // ---- the connection ---------------------------------------------------------------------------
 
+/** A server with an api_key is opened as /#token=KEY: the key stays in this tab (and out of
+ * the address bar), and goes with the WebSocket URL, since browsers cannot set its headers. */
+function apiToken() {
+  const given = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (given) {
+    sessionStorage.setItem(STORE + ".token", given);
+    window.history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem(STORE + ".token");
+}
+
 class Link {
   constructor(path) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    this.url = `${scheme}//${location.host}${path}?owner=${encodeURIComponent(state.owner)}`;
+    const token = apiToken();
+    const auth = token ? `&token=${encodeURIComponent(token)}` : "";
+    this.url = `${scheme}//${location.host}${path}?owner=${encodeURIComponent(state.owner)}${auth}`;
     this.ws = null;
     this.failures = 0;
     this.timer = null;

@@ -216,3 +216,28 @@ def test_an_unsigned_payload_cannot_carry_another_body(keyed: Server) -> None:
         assert replayed.status_code == 403
 
     assert with_connection(keyed, work) == []
+
+
+def test_websocket_generate_needs_the_key_in_a_header_or_the_token_query(keyed: Server) -> None:
+    async def first_reply(query: str = "", headers: dict[str, str] | None = None) -> Any:
+        url = keyed.ws_url + query
+        async with websockets.connect(url, additional_headers=headers or {}) as ws:
+            await ws.send(json.dumps({"action": "generate", "id": query or "h", "prompt": "hi"}))
+            return json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+    async def main() -> None:
+        for refused in (
+            await first_reply(),
+            await first_reply("?token=wrong"),
+            await first_reply(headers={"Authorization": "Bearer wrong"}),
+            await first_reply("?owner=someone"),
+        ):
+            assert refused["type"] == "error" and refused["code"] == "ForbiddenException"
+            assert "api_key" in refused["message"]
+        for served in (
+            await first_reply(f"?token={KEY}"),
+            await first_reply(headers={"Authorization": f"Bearer {KEY}"}),
+        ):
+            assert served["type"] == "start", served
+
+    asyncio.run(main())

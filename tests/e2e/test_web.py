@@ -304,9 +304,11 @@ def test_phone_width_and_dark_mode(browser: Any, server: Server) -> None:
 
 
 @contextlib.contextmanager
-def lone_server(match: str, port: int | None = None) -> Iterator[Server]:
+def lone_server(
+    match: str, port: int | None = None, api_key: str | None = None
+) -> Iterator[Server]:
     """A server of its own (scripted provider for `match`), for tests that break or stop it."""
-    settings = Settings(routes=[Route(match=match, provider="scripted")])
+    settings = Settings(routes=[Route(match=match, provider="scripted")], api_key=api_key)
     lone = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.001)}), port=port)
     try:
         yield lone
@@ -444,3 +446,27 @@ def test_inline_markup_never_makes_the_answer_shrink(page: Page, server: Server)
     assert answer.locator("strong").first.inner_text().strip() == "very bold"
     assert "2*3" in answer.inner_text()  # never closed: shown as it is at the end
     assert turn["status"] == "done"
+
+
+def test_a_server_with_an_api_key_is_used_through_a_token_link(browser: Any) -> None:
+    context = browser.new_context()
+    pg = context.new_page()
+    with lone_server("*", api_key="page-key") as keyed:
+        pg.goto(keyed.url + "/#token=page-key")
+        pg.wait_for_selector("#link[data-state=ok]")
+        assert "page-key" not in pg.url  # out of the address bar (and of the history)
+        ask(pg, "hello")
+        served = wait_ended(pg)
+        pg.reload()  # the token stays with the tab
+        pg.wait_for_selector("#link[data-state=ok]")
+        ask(pg, "again")
+        again = wait_ended(pg)
+        other = context.new_page()  # a tab opened without the link has no key
+        other.goto(keyed.url + "/")
+        other.wait_for_selector("#link[data-state=ok]")
+        ask(other, "hello")
+        refused = wait_ended(other)
+    context.close()
+    assert served["status"] == "done" and again["status"] == "done"
+    assert again["text"].startswith("You said: again")
+    assert refused["status"] == "error"
