@@ -28,7 +28,8 @@ from sluicegate.routes.streaming import (
     read_limited,
     wait_or_disconnect,
 )
-from sluicegate.translate import anthropic, converse
+from sluicegate.translate import anthropic, converse, families
+from sluicegate.translate.families.base import Chunks
 
 EVENTSTREAM = "application/vnd.amazon.eventstream"
 ROUTE = "bedrock"
@@ -46,13 +47,21 @@ async def read_body(request: Request) -> bytes:
 
 async def start(request: Request, parse: Callable[[str, bytes], ChatRequest]) -> Generation:
     model_id = request.path_params["model_id"]
-    chat = parse(model_id, await read_body(request))
+    return await generate(request, parse(model_id, await read_body(request)))
+
+
+async def generate(request: Request, chat: ChatRequest) -> Generation:
     return await gateway_of(request).start(
         chat,
         route=ROUTE,
         owner=caller(request.headers.get("authorization", "")),
         caller=address(request),
     )
+
+
+async def invocation(request: Request) -> families.Invocation:
+    """An InvokeModel body, read as the model id's family reads it."""
+    return families.parse(request.path_params["model_id"], await read_body(request))
 
 
 async def finished_events(request: Request, gen: Generation) -> list[Event]:
@@ -78,7 +87,8 @@ def _headers(gen: Generation, **extra: str) -> dict[str, str]:
 
 @answering(error_response)
 async def invoke(request: Request) -> Response:
-    gen = await start(request, anthropic.parse_body)
+    call = await invocation(request)
+    gen = await generate(request, call.chat)
     events = await finished_events(request, gen)
     u, m = gen.usage, gen.metrics
     headers = _headers(
@@ -89,14 +99,16 @@ async def invoke(request: Request) -> Response:
             "X-Amzn-Bedrock-Invocation-Latency": str(m.total_ms),
         },
     )
-    return JSONResponse(anthropic.message_json(events), headers=headers)
+    return JSONResponse(call.family.whole(call.chat, events), headers=headers)
 
 
 @answering(error_response)
 async def invoke_stream(request: Request) -> Response:
-    gen = await start(request, anthropic.parse_body)
+    call = await invocation(request)
+    gen = await generate(request, call.chat)
     headers = _headers(gen, **{"X-Amzn-Bedrock-Content-Type": "application/json"})
-    return StreamResponse(frames(gen, chunk_frame), EVENTSTREAM, headers, _disconnect(gen))
+    encode = chunk_frames(call.family.chunks(call.chat))
+    return StreamResponse(frames(gen, encode), EVENTSTREAM, headers, _disconnect(gen))
 
 
 async def frames(
@@ -113,15 +125,22 @@ async def frames(
             yield frame
 
 
-def chunk_frame(event: Event) -> bytes | None:
-    """One `chunk` frame per Anthropic stream event."""
-    data = anthropic.event_json(event)
-    if data is None:
-        return None
-    if isinstance(event, MessageStop):
-        data["amazon-bedrock-invocationMetrics"] = anthropic.invocation_metrics(event)
-    raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-    return eventstream.event("chunk", converse.dumps({"bytes": base64.b64encode(raw).decode()}))
+def chunk_frames(chunks: Chunks) -> Callable[[Event], bytes | None]:
+    """A `chunk` frame per chunk of the model's family; the last one (at MessageStop) carries
+    `amazon-bedrock-invocationMetrics`, as on Bedrock."""
+
+    def encode(event: Event) -> bytes | None:
+        out = chunks.feed(event)
+        if isinstance(event, MessageStop) and out:
+            out[-1]["amazon-bedrock-invocationMetrics"] = anthropic.invocation_metrics(event)
+        return b"".join(map(chunk_frame, out)) or None
+
+    return encode
+
+
+def chunk_frame(data: dict[str, Any]) -> bytes:
+    raw = base64.b64encode(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
+    return eventstream.event("chunk", converse.dumps({"bytes": raw.decode()}))
 
 
 # -- Converse / ConverseStream -----------------------------------------------------------------

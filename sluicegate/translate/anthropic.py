@@ -86,7 +86,11 @@ def parse_json(raw: bytes) -> Any:
 
 def parse_body(model: str, raw: bytes) -> ChatRequest:
     """Validate a Bedrock Anthropic Messages body and give its canonical request."""
-    body = json_object(raw)
+    return parse_object(model, json_object(raw))
+
+
+def parse_object(model: str, body: Mapping[str, Any]) -> ChatRequest:
+    """`parse_body` for a body already decoded to a JSON object."""
     check_keys(body, KNOWN_KEYS, UNSUPPORTED_KEYS)
     require(body, "anthropic_version")
     if not is_version(body["anthropic_version"]):
@@ -127,17 +131,21 @@ def json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def check_keys(body: Mapping[str, Any], known: set[str], unsupported: set[str]) -> None:
+def check_keys(
+    body: Mapping[str, Any], known: set[str], unsupported: set[str], where: str = "#"
+) -> None:
+    """Keys outside `known` are Bedrock's schema error; `where` points at a nested object."""
     extra = sorted(set(body) - known - unsupported)
     if extra:
-        raise malformed(f"extraneous key [{extra[0]}] is not permitted")
+        at = "" if where == "#" else f"{where}: "
+        raise malformed(f"{at}extraneous key [{extra[0]}] is not permitted")
     for key in sorted(unsupported & set(body)):
         raise ValidationError(f"[{key}] is not supported by sluicegate yet: remove it.")
 
 
-def require(body: Mapping[str, Any], key: str) -> None:
+def require(body: Mapping[str, Any], key: str, where: str = "#") -> None:
     if key not in body:
-        raise malformed(f"#: required key [{key}] not found")
+        raise malformed(f"{where}: required key [{key}] not found")
 
 
 def model_of(body: Mapping[str, Any]) -> str:
@@ -193,38 +201,42 @@ def is_version(value: Any) -> bool:
     return True
 
 
-def integer(body: Mapping[str, Any], key: str, low: int, *, default: int | None = None) -> int:
+def integer(
+    body: Mapping[str, Any], key: str, low: int, *, default: int | None = None, where: str = "#"
+) -> int:
     value = body.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise malformed(f"#/{key}: expected an integer, found {json.dumps(value)}")
+        raise malformed(f"{where}/{key}: expected an integer, found {json.dumps(value)}")
     if value < low:
-        raise malformed(f"#/{key}: {value} is not greater or equal to {low}")
+        raise malformed(f"{where}/{key}: {value} is not greater or equal to {low}")
     return value
 
 
-def optional_integer(body: Mapping[str, Any], key: str, low: int) -> int | None:
+def optional_integer(body: Mapping[str, Any], key: str, low: int, where: str = "#") -> int | None:
     """Like `integer`, with None when the key is absent (a sampling parameter not given)."""
-    return integer(body, key, low) if key in body else None
+    return integer(body, key, low, where=where) if key in body else None
 
 
-def number(body: Mapping[str, Any], key: str, low: float, high: float) -> float | None:
+def number(
+    body: Mapping[str, Any], key: str, low: float, high: float, where: str = "#"
+) -> float | None:
     """The number at `key` between `low` and `high`, or None when the key is absent."""
     if key not in body:
         return None
     value = body[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise malformed(f"#/{key}: expected a number, found {json.dumps(value)}")
+        raise malformed(f"{where}/{key}: expected a number, found {json.dumps(value)}")
     if not low <= value <= high:
-        raise malformed(f"#/{key}: {value} is not between {low:g} and {high:g}")
+        raise malformed(f"{where}/{key}: {value} is not between {low:g} and {high:g}")
     return float(value)
 
 
-def string_list(body: Mapping[str, Any], key: str) -> tuple[str, ...]:
+def string_list(body: Mapping[str, Any], key: str, where: str = "#") -> tuple[str, ...]:
     value = body.get(key, [])
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-        raise malformed(f"#/{key}: expected a list of strings")
+        raise malformed(f"{where}/{key}: expected a list of strings")
     if len(value) > MAX_STOP_SEQUENCES:
-        raise malformed(f"#/{key}: at most {MAX_STOP_SEQUENCES} entries")
+        raise malformed(f"{where}/{key}: at most {MAX_STOP_SEQUENCES} entries")
     return tuple(value)
 
 

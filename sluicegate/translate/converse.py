@@ -20,7 +20,7 @@ from sluicegate.events import (
     TextDelta,
     Usage,
 )
-from sluicegate.translate import anthropic
+from sluicegate.translate import anthropic, families
 from sluicegate.translate.anthropic import (
     integer,
     malformed,
@@ -122,7 +122,7 @@ def count_input(model: str, raw: bytes) -> ChatRequest:
     if isinstance(given, dict) and isinstance(given.get("converse"), dict):
         return request_from(model, given["converse"])
     if isinstance(given, dict) and isinstance(given.get("invokeModel"), dict):
-        return anthropic.parse_body(model, _blob(given["invokeModel"].get("body")))
+        return families.parse(model, _blob(given["invokeModel"].get("body"))).chat
     raise ValidationError("input must hold either 'invokeModel' {body} or 'converse' {messages}.")
 
 

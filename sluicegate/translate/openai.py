@@ -255,7 +255,11 @@ class ChatCall:
 
 def parse_chat(raw: bytes) -> ChatCall:
     """Validate a `POST /v1/chat/completions` body."""
-    body = parse_json(raw)
+    return parse_chat_body(parse_json(raw))
+
+
+def parse_chat_body(body: Mapping[str, Any]) -> ChatCall:
+    """`parse_chat` for a body already decoded to a JSON object."""
     unknown_keys(body, CHAT_KEYS)
     _refuse_unsupported_chat(body)
     n = integer(body, "n")

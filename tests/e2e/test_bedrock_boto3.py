@@ -80,7 +80,8 @@ def test_stream_event_order_usage_and_invocation_metrics(server: Server) -> None
     assert response["contentType"] == "application/json"
 
 
-@pytest.mark.parametrize("model_id", [MODEL, ARN, "us." + MODEL, "meta.llama3-8b-instruct-v1:0"])
+# An id no model family claims takes the Messages body too (families: test_bedrock_families.py).
+@pytest.mark.parametrize("model_id", [MODEL, ARN, "us." + MODEL, "my-fine-tune"])
 def test_every_model_id_form_is_served_and_named_back(server: Server, model_id: str) -> None:
     out = server.bedrock().invoke_model(modelId=model_id, body=body(max_tokens=8))
     message = json.loads(out["body"].read())
