@@ -89,6 +89,15 @@ class WebSocketSettings(Strict):
     max_connection_seconds: float | None = Field(7200.0, gt=0)
 
 
+class HttpSettings(Strict):
+    """Limits on a request before the app sees it (see serving.http_protocol)."""
+
+    max_header_bytes: int = Field(64 * 1024, ge=1024)  # the request line and headers
+    header_timeout_seconds: float = Field(10.0, gt=0)  # from connection or last response
+    body_idle_seconds: float = Field(15.0, gt=0)  # a body that stops arriving
+    body_timeout_seconds: float = Field(300.0, gt=0)  # a body that crawls
+
+
 class FunctionSettings(Strict):
     """A Lambda function: its handler, Function URL invoke mode and timeout."""
 
@@ -149,6 +158,7 @@ class Settings(Strict):
     providers: dict[str, UpstreamSettings] = {}
     routes: list[Route] = [Route(match="*", provider="local")]
     websocket: WebSocketSettings = WebSocketSettings()
+    http: HttpSettings = HttpSettings()
     functions: dict[str, FunctionSettings] = {}
     # The REST API emulation (/rest/NAME/...): API Gateway's integration timeout, and the
     # functions switched to its streaming transfer mode.

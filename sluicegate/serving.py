@@ -4,6 +4,12 @@ The command line and the tests start servers through here, so both enforce the s
 limits: a message over `max_message_bytes`, or a frame over `max_frame_bytes`, closes the
 connection with 1009 (Message Too Big), as API Gateway does.
 
+Requests are held to limits before the app sees them (`[http]` settings): a header block over
+`max_header_bytes` gets 431, headers not complete within `header_timeout_seconds` get 408, and a
+body that stops arriving for `body_idle_seconds`, or takes longer than `body_timeout_seconds`,
+closes the connection (the app sees the client leave). So idle, trickling and half-sent requests
+cannot hold connections open.
+
 With `tls_port`, a second listener serves the same app over TLS, with a certificate made at
 start-up that handlers' boto3 clients trust (AWS_CA_BUNDLE): AWS samples post to
 `https://{domainName}/{stage}`, and `domainName` then names that listener.
@@ -22,10 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from sluicegate import handlers
-from sluicegate.config import Settings
+from sluicegate.config import HttpSettings, Settings
 
 if TYPE_CHECKING:  # the TLS listener alone needs the `cryptography` package
     from sluicegate.tls import LocalCertificate
@@ -46,6 +53,106 @@ def websocket_protocol(max_frame_bytes: int | None) -> type[WebSocketsSansIOProt
     return Limited
 
 
+def http_protocol(limits: HttpSettings) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol, with a header size limit and read deadlines."""
+
+    class Guarded(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._awaiting_headers = True  # between requests, or in a request's header block
+            self._header_bytes = 0
+            self._tail = b""  # the last bytes seen, for a header end split across reads
+            self._timer: asyncio.TimerHandle | None = None
+            self._body_started = 0.0
+            self._last_data = 0.0
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._await_headers()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            self._last_data = self.loop.time()
+            if self._awaiting_headers:
+                budget = limits.max_header_bytes - self._header_bytes
+                window = self._tail + data[: max(budget, 0)]
+                if b"\r\n\r\n" not in window and len(data) >= budget:
+                    self._refuse(431, "Request header fields too large.")
+                    return
+                self._header_bytes += len(data)
+                self._tail = window[-3:]
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self._awaiting_headers = False
+            self._disarm()
+            super().on_headers_complete()
+            if self.cycle is not None and self.cycle.more_body is not False:
+                self._body_started = self._last_data = self.loop.time()
+                self._arm(min(limits.body_idle_seconds, limits.body_timeout_seconds))
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._await_headers()
+
+        def handle_websocket_upgrade(self) -> None:
+            self._disarm()  # the WebSocket protocol owns the transport from here
+            super().handle_websocket_upgrade()
+
+        def _await_headers(self) -> None:
+            self._awaiting_headers, self._header_bytes, self._tail = True, 0, b""
+            self._arm(limits.header_timeout_seconds)
+
+        def _arm(self, seconds: float) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(seconds, self._expired)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _expired(self) -> None:
+            self._timer = None
+            if self.transport.is_closing():
+                return
+            if self._awaiting_headers:
+                if self._header_bytes:  # a request begun and not finished
+                    self._refuse(408, "Request headers not received in time.")
+                else:  # an idle connection (uvicorn's keep-alive timeout may come first)
+                    self.transport.close()
+                return
+            now = self.loop.time()
+            idle_left = limits.body_idle_seconds - (now - self._last_data)
+            total_left = limits.body_timeout_seconds - (now - self._body_started)
+            if idle_left <= 0 or total_left <= 0:
+                self.logger.info("closing a connection: its request body stopped or crawled")
+                self.transport.close()  # the app sees the client leave
+            else:
+                self._arm(min(idle_left, total_left))
+
+        def _refuse(self, status: int, message: str) -> None:
+            self._disarm()
+            reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+            body = message.encode()
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (status, reason, len(body), body)
+            )
+            self.transport.close()
+
+    return Guarded
+
+
 def configs(
     app: Any, settings: Settings, cert: LocalCertificate | None = None, **options: Any
 ) -> list[uvicorn.Config]:
@@ -53,6 +160,7 @@ def configs(
     ws = settings.websocket
     common: dict[str, Any] = {
         "host": settings.host,
+        "http": http_protocol(settings.http),
         "ws": websocket_protocol(ws.max_frame_bytes),
         "ws_max_size": ws.max_message_bytes,
         **options,
