@@ -166,6 +166,8 @@ class Settings(Strict):
     rest_stream: list[str] = []
     # Handlers' boto3 clients talk to this server unless they are meant to call real AWS.
     handlers_call_aws: bool = False
+    # The region handlers run in (AWS_REGION, AWS_DEFAULT_REGION, their functions' ARNs).
+    region: str = "us-east-1"
     # Accepted as `Authorization: Bearer <key>` where SigV4 is not used (@connections API).
     api_key: str | None = None
     max_body_bytes: int = 25 * 1024 * 1024
