@@ -187,6 +187,9 @@ class Settings(Strict):
     # Server-sent-events doors send a heartbeat after this much silence (proxies cut idle
     # streams at 60-120 s), from the moment a request is accepted, queued or not.
     sse_heartbeat_seconds: float = Field(15.0, gt=0)
+    # On SIGTERM (or Ctrl-C): stop accepting, let running generations finish for this long,
+    # then end the rest with each door's terminal error (ServiceUnavailable).
+    drain_seconds: float = Field(30.0, ge=0)
 
     @property
     def public_host(self) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from sluicegate import errors
@@ -31,6 +33,7 @@ class Gateway:
         # Live (queued or running) generations by caller address, held to a cap so that one
         # client cannot take every slot and queue place of a provider.
         self.live_by_caller: Counter[str] = Counter()
+        self.draining = False
         self.metrics.add_gauges("sluicegate_ended", self.ended_figures)
         local = providers.get("local")
         engine = getattr(local, "engine", None)
@@ -50,6 +53,11 @@ class Gateway:
 
         `caller` is the client's address (after a trusted proxy's X-Forwarded-For): what the
         per-caller cap counts, since an owner is only what the client claims without a key."""
+        if self.draining:
+            raise errors.ServiceUnavailable(
+                "This server is shutting down and starts no new generations: retry (on "
+                "another replica, if there is one)."
+            )
         cap = self.settings.max_generations_per_caller
         if cap and self.live_by_caller[caller] >= cap:
             raise errors.Throttled(
@@ -76,14 +84,41 @@ class Gateway:
         gen.meter.on_late_usage = lambda tokens: m.late_output(gen, tokens)
         gen.caller = caller
         self.live_by_caller[caller] += 1
+        # Registered while it waits for the provider too: a drain must see queued ones.
+        self.generations[gen.id] = gen  # ended ones are forgotten as each one ends (_ended)
         try:
             await gen.start()
         except BaseException:
             self._release(gen)
+            self.generations.pop(gen.id, None)
             raise
         m.started(gen)
-        self.generations[gen.id] = gen  # ended ones are forgotten as each one ends (_ended)
         return gen
+
+    async def drain(self, seconds: float, give_up: Callable[[], bool] = lambda: False) -> int:
+        """Start nothing new; let live generations end for up to `seconds` (or until
+        `give_up`), then interrupt the rest with ServiceUnavailable. Returns how many were."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        # Polled: `give_up` (a second Ctrl-C) is a flag, not something to await.
+        while self._live() and loop.time() < deadline and not give_up():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        cut = self._live()
+        for gen in cut:
+            gen.interrupt(
+                errors.ServiceUnavailable(
+                    f"The server shut down before this generation finished (it waited "
+                    f"{seconds:g} s for it): {gen.usage.output_tokens} tokens were sent."
+                )
+            )
+        for gen in cut:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(gen.wait(), 2.0)
+        return len(cut)
+
+    def _live(self) -> list[Generation]:
+        return [g for g in self.generations.values() if not g.done]
 
     def unready(self) -> dict[str, str]:
         """Each provider that cannot serve now, and why (empty: ready)."""

@@ -103,6 +103,7 @@ class Generation:
         self.error: errors.SluicegateError | None = None
         self._agen = stream(request, self.meter)
         self._cancel_reason: StopReason | None = None
+        self._interrupted: errors.SluicegateError | None = None
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cancellable: asyncio.Future[Any] | None = None
@@ -127,6 +128,8 @@ class Generation:
             await self._agen.aclose()
             if self._cancel_reason is None:
                 raise
+            if self._interrupted is not None:
+                raise self._interrupted from None
             reason = self._cancel_reason
             raise errors.Cancelled(f"The request ended ({reason}) before it started.") from None
         except BaseException:
@@ -147,6 +150,14 @@ class Generation:
         if self._cancellable is not None:
             self._cancellable.cancel()
         return True
+
+    def interrupt(self, exc: errors.SluicegateError) -> bool:
+        """End early with an error (the server is draining...): each door's client gets its
+        terminal error, so that it can tell this from a crash or a finished answer."""
+        if self.done or self._cancel_reason is not None:
+            return False
+        self._interrupted = exc
+        return self.cancel("error")
 
     @property
     def done(self) -> bool:
@@ -225,6 +236,8 @@ class Generation:
         """Make sure the log ends with a terminal pair, whatever stopped the provider."""
         if self.done:
             return
+        if self._interrupted is not None and self.error is None:
+            self._fail(self._interrupted)
         reason: StopReason = self._cancel_reason or "error"
         if self._block_open:
             self._append(BlockStop())

@@ -181,6 +181,29 @@ def configs(
     return listeners
 
 
+class Draining(uvicorn.Server):
+    """uvicorn's server, with a graceful drain first when it shuts down: stop accepting,
+    let running generations finish up to `drain_seconds`, end the rest with each door's
+    terminal error, send WebSockets their `end` then 1001; only then uvicorn's own shutdown
+    (which would close WebSockets with 1012 and cut streams)."""
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # no new connections (a second listener closes its own)
+        app = self.config.app
+        drain = getattr(getattr(app, "state", None), "drain", None)
+        if drain is not None:
+            await drain(lambda: self.force_exit)
+        await super().shutdown(sockets)
+
+
+def servers(
+    app: Any, settings: Settings, cert: LocalCertificate | None = None, **options: Any
+) -> list[uvicorn.Server]:
+    """A server for every listener of `settings`, each draining on shutdown."""
+    return [Draining(c) for c in configs(app, settings, cert, **options)]
+
+
 def local_certificate(settings: Settings, directory: Path) -> LocalCertificate:
     """The TLS listener's certificate, written to `directory`, and trusted by handlers' boto3
     clients through AWS_CA_BUNDLE (unless they are meant to call real AWS)."""
@@ -229,14 +252,14 @@ def run(
     uvicorn re-raises the SIGTERM that stopped it as soon as it is done; it is returned instead,
     for the caller to raise once it has cleaned up (closed the model, removed the certificate).
     """
-    servers = [uvicorn.Server(c) for c in configs(app, settings, cert, **options)]
+    listeners = servers(app, settings, cert, **options)
     caught: list[signal.Signals] = []
     previous = signal.signal(signal.SIGTERM, lambda sig, frame: caught.append(signal.SIGTERM))
     try:
         with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: SIGINT ends quietly
-            run_servers(servers)
+            run_servers(listeners)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if not all(s.started for s in servers):
+    if not all(s.started for s in listeners):
         sys.exit(STARTUP_FAILURE)
     return caught

@@ -91,16 +91,21 @@ def serve(gateway: Gateway, *, tls: bool = False, port: int | None = None) -> Se
     """Serve on free ports (or `port`); `tls` adds the TLS listener (its certificate in a
     temporary folder)."""
     port = port or free_port()
-    listen = {"port": port, "tls_port": free_port() if tls else None}
+    # Tests stop servers with streams still running: a short drain (unless a test sets one).
+    drain = (
+        gateway.settings.drain_seconds
+        if "drain_seconds" in gateway.settings.model_fields_set
+        else 0.5
+    )
+    listen = {"port": port, "tls_port": free_port() if tls else None, "drain_seconds": drain}
     gateway.settings = gateway.settings.model_copy(update=listen)
     cert = None
     if tls:
         cert = serving.local_certificate(gateway.settings, Path(tempfile.mkdtemp(prefix="sg-tls-")))
     app = create_app(gateway)
-    configs = serving.configs(
+    servers = serving.servers(
         app, gateway.settings, cert, log_level="warning", timeout_graceful_shutdown=2
     )
-    servers = [uvicorn.Server(c) for c in configs]
     thread = threading.Thread(target=serving.run_servers, args=(servers,), daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

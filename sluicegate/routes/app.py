@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -22,7 +23,7 @@ from sluicegate.routes import openai as openai_door
 from sluicegate.routes.connections import connections_api
 from sluicegate.routes.function_url import Functions
 from sluicegate.routes.guard import OriginGuard, host_names
-from sluicegate.routes.websocket import WebSocketApi, cancel_all
+from sluicegate.routes.websocket import WebSocketApi, cancel_all, close_all
 
 
 def load_user_routes(settings: Settings) -> dict[str, handlers.Handler]:
@@ -30,11 +31,18 @@ def load_user_routes(settings: Settings) -> dict[str, handlers.Handler]:
     after pointing their boto3 clients at this server."""
     specs = {**settings.websocket.routes}
     specs.update({f"fn:{name}": f.handler for name, f in settings.functions.items()})
+    if specs:
+        os.environ.update(handlers.region_environment(settings.region))
     if specs and not settings.handlers_call_aws:
         base = f"http://{settings.public_host}"
-        env = handlers.handler_environment(base, settings.websocket.stage, settings.api_key)
-        os.environ.update(env)
-    return {key: handlers.load_handler(spec) for key, spec in specs.items()}
+        stage, key, region = settings.websocket.stage, settings.api_key, settings.region
+        os.environ.update(handlers.handler_environment(base, stage, key, region))
+    return {key: handlers.load_handler(spec, function_name(key)) for key, spec in specs.items()}
+
+
+def function_name(key: str) -> str:
+    """The function a route key or `fn:NAME` stands for (WebSocket routes: ws-connect...)."""
+    return key[3:] if key.startswith("fn:") else f"ws-{key.strip('$')}"
 
 
 def signing_secrets(api_key: str | None) -> list[str]:
@@ -70,6 +78,20 @@ def create_app(
         max_lifetime=ws.max_connection_seconds,
         max_queued_bytes=ws.max_outbound_bytes,
     )
+
+    draining: asyncio.Future[None] | None = None
+
+    async def drain(give_up: Callable[[], bool] = lambda: False) -> None:
+        """Graceful shutdown, once whatever the number of listeners: see serving.Draining."""
+        nonlocal draining
+
+        async def run() -> None:
+            await gateway.drain(gateway.settings.drain_seconds, give_up)
+            await close_all(ws_api)
+
+        if draining is None:
+            draining = asyncio.ensure_future(run())
+        await asyncio.shield(draining)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -113,4 +135,5 @@ def create_app(
     app.state.signing_secrets = accepted
     app.state.connections = connections
     app.state.websocket = ws_api
+    app.state.drain = drain
     return app

@@ -117,22 +117,26 @@ class WebSocketApi:
         self.connections.add(conn)
         self._start_sweeper()
         writer = asyncio.create_task(_write(conn, ws))
+        closed = (1005, "")  # the client's close code and reason
         try:
             while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
+                    closed = (message.get("code", 1005), message.get("reason") or "")
                     break
                 conn.touch()
                 text = message.get("text")
                 await self.dispatch(conn, text if text is not None else message.get("bytes", b""))
-        except WebSocketDisconnect:
-            pass
+        except WebSocketDisconnect as exc:
+            closed = (exc.code, exc.reason or "")
         finally:
+            if conn.closed:  # the server closed it (limits, DELETE @connections, shutdown)
+                closed = (conn.close_code, conn.close_reason)
             self.connections.remove(conn)
             writer.cancel()
             self._detach(conn)
             if "$disconnect" in self.user_routes:
-                self._spawn(self._invoke(conn, "$disconnect", "DISCONNECT"))
+                self._spawn(self._invoke(conn, "$disconnect", "DISCONNECT", closed=closed))
 
     async def dispatch(self, conn: Connection, raw: str | bytes) -> None:
         """Route one message; every failure is answered, and the connection stays usable."""
@@ -187,16 +191,22 @@ class WebSocketApi:
             return False
         return not apigateway.refused(result)
 
-    async def _invoke(self, conn: Connection, key: str, kind: str, raw: str | bytes = "") -> None:
+    async def _invoke(
+        self, conn: Connection, key: str, kind: str, raw: str | bytes = "", **extra: Any
+    ) -> None:
+        """Run a route's handler; a failure gets API Gateway's own message to the client."""
         text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-        event = self._event(conn, key, kind, body=text)
+        event = self._event(conn, key, kind, body=text, **extra)
+        request_id = event["requestContext"]["requestId"]
         try:
             await self._call(key, event)
         except errors.ModelTimeout as exc:
-            _reply(conn, wire.error(None, "HandlerTimeout", f"Route {key}: {exc.message}"))
+            log.error("route %s: %s", key, exc.message)
+            failed = apigateway.integration_error("Endpoint request timed out", conn.id, request_id)
+            _reply(conn, failed)
         except Exception:
             log.exception("route %s handler failed", key)
-            _reply(conn, wire.error(None, "InternalServerError", f"Route {key}'s handler failed."))
+            _reply(conn, apigateway.integration_error("Internal server error", conn.id, request_id))
 
     async def _call(self, key: str, event: Body) -> Any:
         context = handlers.LambdaContext(f"ws-{key.strip('$')}", self.handler_timeout)
@@ -403,6 +413,20 @@ def _owner(ws: WebSocket) -> str:
     token = ws.query_params.get("token")
     known = caller(ws.headers.get("authorization", "") or (f"Bearer {token}" if token else ""))
     return known or ws.query_params.get("owner", "anonymous")
+
+
+async def close_all(api: WebSocketApi, seconds: float = 2.0) -> None:
+    """At shutdown, once generations have ended: let each one's last messages (its `end`)
+    be queued, then close every socket with 1001 (going away) and wait for the closes."""
+    forwarders = [v.forwarder for v in api.live.values() if v.forwarder and not v.forwarder.done()]
+    if forwarders:
+        await asyncio.wait(forwarders, timeout=seconds)
+    for conn in list(api.connections.by_id.values()):
+        conn.close(1001, "the server is shutting down")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while api.connections.by_id and loop.time() < deadline:  # noqa: ASYNC110 (a registry)
+        await asyncio.sleep(0.02)
 
 
 def cancel_all(api: WebSocketApi) -> None:

@@ -37,7 +37,7 @@ def test_model_choices_name_plain_ids_and_one_per_glob_provider() -> None:
 def scripted_app() -> httpx.AsyncClient:
     settings = Settings(routes=[Route(match="*", provider="scripted")])
     app = create_app(Gateway(settings, {"scripted": ScriptedProvider()}))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost")
 
 
 def test_page_models_and_static_files() -> None:
