@@ -4,7 +4,8 @@ document).
 
     SluicegateError                 500  InternalServerException
     ├── ValidationError             400  ValidationException
-    │   └── PayloadTooLarge         400  ValidationException  (Bedrock has no 413)
+    │   ├── PayloadTooLarge         400  ValidationException  (Bedrock has no 413)
+    │   └── InvalidParameterValue   400  InvalidParameterValueException  (Lambda API)
     ├── AccessDenied                403  AccessDeniedException
     ├── NotFound                    404  ResourceNotFoundException
     ├── UnknownOperation            404  UnknownOperationException
@@ -17,6 +18,7 @@ document).
     ├── LimitExceeded               429  LimitExceededException    (@connections API)
     ├── Cancelled                   499  InternalServerException  (the client is gone anyway)
     ├── RequestTooLarge             413  RequestTooLargeException  (Lambda's 6 MB payloads)
+    ├── ServiceException            500  ServiceException  (the Lambda API's own faults)
     └── ServiceUnavailable          503  ServiceUnavailableException
 
 Routes translate at one boundary: before the first byte as the protocol's error response,
@@ -55,6 +57,10 @@ class ValidationError(SluicegateError):
 
 class PayloadTooLarge(ValidationError):
     anthropic = "request_too_large"
+
+
+class InvalidParameterValue(ValidationError):
+    aws = "InvalidParameterValueException"
 
 
 class AccessDenied(SluicegateError):
@@ -171,3 +177,9 @@ BY_NAME: dict[str, type[SluicegateError]] = {
 def from_event(code: str, message: str) -> SluicegateError:
     """Rebuild an error from an ErrorEvent's code (unknown codes become internal errors)."""
     return BY_NAME.get(code, SluicegateError)(message)
+
+
+class ServiceException(SluicegateError):
+    """The Lambda API failing itself; a function's failure is a 200 with X-Amz-Function-Error."""
+
+    aws = "ServiceException"

@@ -3,7 +3,8 @@
 A handler may return `{"statusCode", "headers", "cookies", "body", "isBase64Encoded"}` or any
 other value (sent as JSON with status 200, as Lambda does). `body` may be str, bytes, or a sync
 or async generator/iterator of str/bytes; a sync one runs in a thread of its own and each piece
-crosses to the event loop as soon as it is yielded.
+crosses to the event loop as soon as it is yielded. A handler that is itself a generator
+function streams what it yields, as custom-runtime samples do.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
+import inspect
 import json
 import logging
 import threading
@@ -37,9 +40,24 @@ class Result:
     base64: bool = False
 
 
+class FunctionError(Exception):
+    """A failure Lambda reports with its own errorType (Sandbox.Timedout, ...)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def streams(value: Any) -> bool:
+    """What a generator-function handler returned: its pieces are the response."""
+    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+
+
 def normalise(value: Any) -> Result:
+    if streams(value):
+        return Result(headers={"content-type": "application/octet-stream"}, body=value)
     if not isinstance(value, dict) or "statusCode" not in value:
-        body = value if isinstance(value, str | bytes) else json.dumps(value)
+        body = value if isinstance(value, str | bytes) else marshal(value)
         return Result(headers={"content-type": "application/json"}, body=body)
     headers = {str(k).lower(): str(v) for k, v in (value.get("headers") or {}).items()}
     # Transfer-Encoding is the server's business (the seed sets it; the stream is chunked anyway)
@@ -54,11 +72,14 @@ def normalise(value: Any) -> Result:
     )
 
 
-def error_payload(exc: BaseException) -> dict[str, Any]:
-    """The Lambda error shape: errorMessage, errorType, stackTrace."""
+def error_payload(exc: BaseException, request_id: str = "") -> dict[str, Any]:
+    """The Lambda error shape: errorMessage, errorType, requestId, stackTrace."""
+    if isinstance(exc, errors.ModelTimeout):  # the sandbox's timeout, not the handler's error
+        exc = FunctionError("Sandbox.Timedout", f"RequestId: {request_id} Error: {exc.message}")
     return {
         "errorMessage": str(exc),
-        "errorType": type(exc).__name__,
+        "errorType": getattr(exc, "error_type", type(exc).__name__),
+        "requestId": request_id,
         "stackTrace": traceback.format_tb(exc.__traceback__),
     }
 
@@ -100,12 +121,14 @@ async def _aclosable(source: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
 async def until_deadline(
     pieces: AsyncGenerator[bytes, None], context: handlers.LambdaContext
 ) -> AsyncGenerator[bytes, None]:
-    """Stop a body at the function's timeout, as Lambda does (errors.ModelTimeout)."""
+    """Stop a body at the function's timeout, as Lambda does (errors.ModelTimeout). The body
+    runs as its function (`handlers.function_scope`), threads it starts too."""
     async with contextlib.aclosing(pieces):
         while True:
             try:
-                async with asyncio.timeout(context.get_remaining_time_in_millis() / 1000):
-                    piece = await anext(pieces)
+                with handlers.function_scope(context.function_name):
+                    async with asyncio.timeout(context.get_remaining_time_in_millis() / 1000):
+                        piece = await anext(pieces)
             except StopAsyncIteration:
                 return
             except TimeoutError:
@@ -115,23 +138,46 @@ async def until_deadline(
             yield piece
 
 
-async def collect(result: Result, limit: int = BUFFERED_LIMIT) -> bytes:
-    """The whole body (BUFFERED mode); over the limit is Lambda's response-size error."""
+async def collect(
+    result: Result, context: handlers.LambdaContext, limit: int = BUFFERED_LIMIT
+) -> bytes:
+    """The whole body (BUFFERED mode), by the function's deadline; over the limit is Lambda's
+    response-size error."""
     out = bytearray()
-    async with contextlib.aclosing(chunks(result)) as pieces:
+    async with contextlib.aclosing(until_deadline(chunks(result), context)) as pieces:
         async for piece in pieces:
             out += piece
             if len(out) > limit:
-                raise errors.SluicegateError(
-                    f"Response payload size exceeded maximum allowed payload size ({limit} bytes)."
+                raise FunctionError(
+                    "Function.ResponseSizeTooLarge",
+                    f"Response payload size exceeded maximum allowed payload size ({limit} bytes).",
                 )
     return bytes(out)
+
+
+async def invocation_payload(value: Any, context: handlers.LambdaContext) -> bytes:
+    """The Invoke API's payload for what a handler returned: the JSON of the value (a body
+    still to be read is read into it), or the pieces a generator function yields."""
+    result = normalise(value)
+    if streams(value):
+        return await collect(result, context)
+    if isinstance(value, dict) and not isinstance(result.body, str | bytes):
+        value = {**value, "body": (await collect(result, context)).decode("utf-8", "replace")}
+    return marshal(value).encode()
+
+
+def marshal(value: Any) -> str:
+    """A handler's result as JSON; one that has none is Lambda's Runtime.MarshalError."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise FunctionError("Runtime.MarshalError", f"Unable to marshal response: {exc}") from None
 
 
 def _bytes(piece: Any, is_base64: bool) -> bytes:
     if isinstance(piece, bytes | bytearray):
         return bytes(piece)
-    text = str(piece)
+    text = json.dumps(piece) if isinstance(piece, dict | list) else str(piece)
     return base64.b64decode(text) if is_base64 else text.encode("utf-8")
 
 
@@ -159,7 +205,9 @@ async def _threaded(it: Iterator[Any]) -> AsyncGenerator[Any, None]:
             if close is not None:
                 close()  # GeneratorExit inside the handler's generator, on its own thread
 
-    threading.Thread(target=run, name="sluicegate-fn-body", daemon=True).start()
+    # The thread runs in this context: the body sees its function's AWS_LAMBDA_FUNCTION_NAME.
+    scope = contextvars.copy_context()
+    threading.Thread(target=scope.run, args=(run,), name="sluicegate-fn-body", daemon=True).start()
     try:
         while True:
             kind, value = await queue.get()

@@ -2,12 +2,17 @@
 
 Handlers run in this process, sync ones in a worker thread, async ones on the loop, each with a
 Lambda-like context and a deadline. They reach sluicegate itself with unmodified boto3 code:
-`handler_environment` points AWS_ENDPOINT_URL_* at this server.
+`handler_environment` points AWS_ENDPOINT_URL_* at this server and sets the region. Every
+function shares the process's environment, so AWS_LAMBDA_FUNCTION_NAME is the one variable that
+differs by function: `function_scope` makes os.environ show each its own name, at import and
+while it runs (in its threads too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import importlib.util
 import inspect
 import os
@@ -15,7 +20,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,15 +34,17 @@ class HandlerLoadError(Exception):
     """A handler module that cannot be imported: says which file and line."""
 
 
-def load_handler(spec: str) -> Handler:
-    """Import `file.py:function` (the file's folder goes on sys.path, as Lambda's task root)."""
+def load_handler(spec: str, function_name: str | None = None) -> Handler:
+    """Import `file.py:function` (the file's folder goes on sys.path, as Lambda's task root),
+    as the function `function_name` if it is one (its module-level code sees its name)."""
     path_text, sep, name = spec.rpartition(":")
     path = Path(path_text)
     if not sep or not name or path.suffix != ".py":
         raise HandlerLoadError(f"{spec!r}: expected path/to/file.py:function")
     if not path.is_file():
         raise HandlerLoadError(f"{spec!r}: no file {path}")
-    module = _import(path.resolve())
+    with function_scope(function_name):
+        module = _import(path.resolve())
     handler = getattr(module, name, None)
     if not callable(handler):
         raise HandlerLoadError(f"{spec!r}: {path} has no function {name!r}")
@@ -77,10 +84,11 @@ class LambdaContext:
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     function_version: str = "$LATEST"
     started: float = field(default_factory=time.monotonic)
+    region: str = field(default_factory=lambda: os.environ.get("AWS_REGION", "us-east-1"))
 
     @property
     def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:us-east-1:000000000000:function:{self.function_name}"
+        return f"arn:aws:lambda:{self.region}:000000000000:function:{self.function_name}"
 
     @property
     def log_group_name(self) -> str:
@@ -96,34 +104,77 @@ class LambdaContext:
 
 
 async def call(handler: Handler, event: dict[str, Any], context: LambdaContext) -> Any:
-    """Run a handler to completion within its timeout (errors.ModelTimeout past it)."""
-    if inspect.iscoroutinefunction(handler):
-        work: Any = handler(event, context)
-    else:
-        work = asyncio.to_thread(handler, event, context)
+    """Run a handler to completion within its timeout (errors.ModelTimeout past it). A
+    generator function's generator comes back unstarted: its body runs as it is read."""
+    with function_scope(context.function_name):
+        if inspect.iscoroutinefunction(handler):
+            work: Any = handler(event, context)
+        else:
+            work = asyncio.to_thread(handler, event, context)  # the scope goes with the thread
+        try:
+            return await asyncio.wait_for(work, context.timeout_seconds)
+        except TimeoutError:
+            raise errors.ModelTimeout(
+                f"Task timed out after {context.timeout_seconds:.2f} seconds"
+            ) from None
+
+
+# -- AWS_LAMBDA_FUNCTION_NAME, per function ---------------------------------------------------
+
+FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
+_function: contextvars.ContextVar[str | None] = contextvars.ContextVar("function", default=None)
+
+
+class _FunctionEnviron(os._Environ[str]):
+    """os.environ, except that AWS_LAMBDA_FUNCTION_NAME is the running function's name."""
+
+    def __getitem__(self, key: str) -> str:
+        name = _function.get() if key == FUNCTION_NAME else None
+        return super().__getitem__(key) if name is None else name
+
+
+@contextlib.contextmanager
+def function_scope(name: str | None) -> Iterator[None]:
+    """Code run here (and tasks and to_thread workers it starts) sees AWS_LAMBDA_FUNCTION_NAME
+    as `name`; None changes nothing."""
+    if name is None:
+        yield
+        return
+    if type(os.environ) is os._Environ:
+        os.environ.__class__ = _FunctionEnviron  # every reference to os.environ sees it
+    os.environ.setdefault(FUNCTION_NAME, name)  # listed, for code that iterates the environment
+    token = _function.set(name)
     try:
-        return await asyncio.wait_for(work, context.timeout_seconds)
-    except TimeoutError:
-        raise errors.ModelTimeout(
-            f"Task timed out after {context.timeout_seconds:.2f} seconds"
-        ) from None
+        yield
+    finally:
+        _function.reset(token)
 
 
 # Handlers' secret access key when no api_key is set: known to all, so it proves nothing.
 PLACEHOLDER_SECRET = "sluicegate"
 
 
-def handler_environment(base_url: str, stage: str, secret: str | None = None) -> dict[str, str]:
-    """What handlers' boto3 clients need to talk to this server, unless already set; `secret`
-    (the configured api_key) signs their @connections calls so that the server can verify them."""
+def handler_environment(
+    base_url: str, stage: str, secret: str | None = None, region: str = "us-east-1"
+) -> dict[str, str]:
+    """What handlers' boto3 clients need to talk to this server, and what Lambda always sets,
+    unless already set; `secret` (the configured api_key) signs their @connections calls so
+    that the server can verify them."""
     wanted = {
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": base_url,
+        "AWS_ENDPOINT_URL_LAMBDA": base_url,
         "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI": f"{base_url}/{stage}",
         "AWS_ACCESS_KEY_ID": "sluicegate",
         "AWS_SECRET_ACCESS_KEY": secret or PLACEHOLDER_SECRET,
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **region_environment(region),
     }
     return _ours(wanted)
+
+
+def region_environment(region: str) -> dict[str, str]:
+    """The region variables Lambda always sets (code reads AWS_REGION at import), also for
+    handlers that call real AWS; a region set outside sluicegate stays."""
+    return _ours({"AWS_REGION": region, "AWS_DEFAULT_REGION": region})
 
 
 def user_ca_bundle() -> str | None:

@@ -8,6 +8,7 @@ POST /2021-11-15/functions/NAME/response-streaming-invocations  InvokeWithRespon
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator
@@ -40,6 +41,7 @@ class Functions:
     def __init__(self, settings: Settings, loaded: dict[str, handlers.Handler]) -> None:
         self.settings = settings
         self.loaded = loaded
+        self.background: set[asyncio.Task[None]] = set()  # Event invocations still running
 
     def get(self, name: str) -> tuple[FunctionSettings, handlers.Handler]:
         if name not in self.loaded:
@@ -105,7 +107,7 @@ class Functions:
             result = await functions.invoke(handler, event, context)
             if stream:
                 return self._streamed(name, result, context)
-            body = await functions.collect(result)
+            body = await functions.collect(result, context)
         except errors.ModelTimeout as exc:
             log.error("%s: %s", name, exc.message)
             return JSONResponse({"Message": exc.message}, 504)
@@ -150,45 +152,82 @@ class Functions:
         return handler, _payload(body), handlers.LambdaContext(name, config.timeout_seconds)
 
     async def invoke(self, request: Request) -> Response:
+        """Invoke: RequestResponse answers the function's payload (its failure as Lambda's
+        Unhandled function error, with a 200), Event 202 at once while it runs in the
+        background, DryRun 204. Never a bare 500: faults of our own are ServiceException."""
         try:
-            handler, event, context = await self._invocation(request)
-        except (
-            errors.NotFound,
-            errors.InvalidSignature,
-            errors.RequestTooLarge,
-            errors.Forbidden,
-        ) as exc:
+            return await self._invoke(request, invocation_type(request, INVOKE_TYPES))
+        except errors.SluicegateError as exc:
             return error_response(exc)
+        except Exception:
+            log.exception("the Lambda API failed on %s", request.url.path)
+            return error_response(errors.ServiceException("The Lambda API failed: see its log."))
+
+    async def _invoke(self, request: Request, kind: str) -> Response:
+        handler, event, context = await self._invocation(request)
+        if kind == "DryRun":
+            return Response(status_code=204, headers=_request_id(context))
+        if kind == "Event":
+            self._in_background(handler, event, context)
+            return Response(status_code=202, headers=_request_id(context))
         try:
-            value = await handlers.call(handler, event, context)
-        except Exception as exc:
-            log.exception("function %s failed", request.path_params["name"])
-            return JSONResponse(
-                functions.error_payload(exc), 200, headers={"X-Amz-Function-Error": "Unhandled"}
+            payload = await functions.invocation_payload(
+                await handlers.call(handler, event, context), context
             )
-        result = functions.normalise(value)
-        if isinstance(value, dict) and not isinstance(result.body, str | bytes):
-            value = {**value, "body": (await functions.collect(result)).decode("utf-8", "replace")}
-        return Response(
-            json.dumps(value),
-            200,
-            media_type="application/json",
-            headers={"X-Amz-Executed-Version": "$LATEST"},
-        )
+        except Exception as exc:
+            log.exception("function %s failed", context.function_name)
+            error = functions.error_payload(exc, context.aws_request_id)
+            headers = {**_request_id(context), "X-Amz-Function-Error": "Unhandled"}
+            return JSONResponse(error, 200, headers={**headers, **EXECUTED})
+        headers = {**_request_id(context), **EXECUTED}
+        return Response(payload, 200, media_type="application/json", headers=headers)
+
+    def _in_background(
+        self, handler: handlers.Handler, event: Any, context: handlers.LambdaContext
+    ) -> None:
+        """An asynchronous invocation: runs to its end (or timeout); a failure is logged."""
+
+        async def run() -> None:
+            try:
+                await functions.invocation_payload(
+                    await handlers.call(handler, event, context), context
+                )
+            except Exception:
+                log.exception("function %s failed (InvocationType=Event)", context.function_name)
+
+        task = asyncio.create_task(run(), name=f"function {context.function_name} (Event)")
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def invoke_stream(self, request: Request) -> Response:
         try:
+            kind = invocation_type(request, STREAM_INVOKE_TYPES)
             handler, event, context = await self._invocation(request)
-        except (
-            errors.NotFound,
-            errors.InvalidSignature,
-            errors.RequestTooLarge,
-            errors.Forbidden,
-        ) as exc:
+        except errors.SluicegateError as exc:
             return error_response(exc)
-        headers = {"X-Amz-Executed-Version": "$LATEST"}
+        if kind == "DryRun":
+            return Response(status_code=204, headers=_request_id(context))
+        headers = {**_request_id(context), **EXECUTED}
         name = request.path_params["name"]
         return StreamResponse(_payload_chunks(name, handler, event, context), EVENTSTREAM, headers)
+
+
+INVOKE_TYPES = ("RequestResponse", "Event", "DryRun")
+STREAM_INVOKE_TYPES = ("RequestResponse", "DryRun")
+EXECUTED = {"X-Amz-Executed-Version": "$LATEST"}
+
+
+def invocation_type(request: Request, allowed: tuple[str, ...]) -> str:
+    kind = request.headers.get("x-amz-invocation-type", "RequestResponse")
+    if kind not in allowed:
+        raise errors.InvalidParameterValue(
+            f"Invalid InvocationType {kind!r}: expected one of {', '.join(allowed)}."
+        )
+    return kind
+
+
+def _request_id(context: handlers.LambdaContext) -> dict[str, str]:
+    return {"x-amzn-RequestId": context.aws_request_id}
 
 
 async def _payload_chunks(
@@ -210,7 +249,7 @@ async def _payload_chunks(
         log.exception("function %s failed", name)
         complete = {
             "ErrorCode": "Unhandled",
-            "ErrorDetails": json.dumps(functions.error_payload(exc)),
+            "ErrorDetails": json.dumps(functions.error_payload(exc, context.aws_request_id)),
         }
     yield eventstream.event("InvokeComplete", json.dumps(complete).encode())
 

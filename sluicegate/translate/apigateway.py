@@ -20,8 +20,10 @@ def ws_event(
     body: str | None = None,
     headers: Mapping[str, str] | None = None,
     query: Mapping[str, str] | None = None,
+    closed: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
-    """The event for $connect (headers, query), a message (body) or $disconnect."""
+    """The event for $connect (headers, query), a message (body) or $disconnect (`closed`:
+    the close code and reason)."""
     now = int(time.time() * 1000)
     context: dict[str, Any] = {
         "routeKey": route_key,
@@ -41,6 +43,8 @@ def ws_event(
     if event_type == "MESSAGE":
         context["messageId"] = uuid.uuid4().hex[:16]
         event["body"] = body or ""
+    if closed is not None:
+        context.update(disconnect_fields(*closed))
     if headers is not None:
         event["headers"] = dict(headers)
         event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
@@ -58,3 +62,18 @@ def refused(result: Any) -> bool:
         return not 200 <= int(result["statusCode"]) < 300
     except (TypeError, ValueError):
         return True
+
+
+# API Gateway's words for closes that carry no reason of their own.
+CLOSE_REASONS = {1005: "Client-side close frame status not set", 1001: "Going away"}
+
+
+def disconnect_fields(code: int, reason: str) -> dict[str, Any]:
+    """`disconnectStatusCode` and `disconnectReason` of a $disconnect event's requestContext."""
+    return {"disconnectStatusCode": code, "disconnectReason": reason or CLOSE_REASONS.get(code, "")}
+
+
+def integration_error(message: str, connection_id: str, request_id: str) -> dict[str, str]:
+    """What API Gateway sends the client when a route's integration fails or times out:
+    `Internal server error`, `Endpoint request timed out`."""
+    return {"message": message, "connectionId": connection_id, "requestId": request_id}
