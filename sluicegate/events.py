@@ -7,8 +7,9 @@ Every door (Bedrock, WebSocket, Function URL...) translates its wire request int
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["user", "assistant"]
 
@@ -17,6 +18,7 @@ StopReason = Literal[
     "end_turn",
     "max_tokens",
     "stop_sequence",
+    "tool_use",
     "cancelled",
     "disconnected",
     "timeout",
@@ -26,11 +28,64 @@ EARLY_STOPS: frozenset[str] = frozenset({"cancelled", "disconnected", "timeout",
 
 
 @dataclass(frozen=True, slots=True)
+class Tool:
+    """A tool the model may call: its name, what it does, and its input's JSON schema."""
+
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """auto: the model chooses between text and a call; any: some call; tool: a call of
+    `name`; none: text only."""
+
+    kind: Literal["auto", "any", "tool", "none"] = "auto"
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUse:
+    """A call the assistant made, in a conversation sent back."""
+
+    id: str
+    name: str
+    input: Any
+
+
+@dataclass(frozen=True, slots=True)
+class JsonPart:
+    """A JSON value in a tool result (text parts are plain strings)."""
+
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a call gave back, in a user turn."""
+
+    tool_use_id: str
+    content: tuple[str | JsonPart, ...] = ()
+    is_error: bool = False
+
+    @property
+    def text(self) -> str:
+        """The content as one text (JSON parts written out), for wires that take only text."""
+        return "".join(
+            p if isinstance(p, str) else json.dumps(p.value, ensure_ascii=False)
+            for p in self.content
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    """One chat turn; content is plain text (the only block type served so far)."""
+    """One chat turn: its text, and any tool blocks (an assistant's calls after its text, a
+    user's results before it)."""
 
     role: Role
     text: str
+    blocks: tuple[ToolUse | ToolResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +105,13 @@ class ChatRequest:
     top_k: int | None = None
     stop_sequences: tuple[str, ...] = ()
     seed: int | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = ToolChoice()
 
     def without_prompt(self) -> ChatRequest:
-        """This request without its messages and system prompt: what is kept once it ended
-        (a 25 MB prompt is not worth keeping for introspection)."""
-        return replace(self, messages=(), system="")
+        """This request without its messages, system prompt and tools: what is kept once it
+        ended (a 25 MB prompt is not worth keeping for introspection)."""
+        return replace(self, messages=(), system="", tools=())
 
 
 @dataclass(slots=True)
@@ -83,12 +140,26 @@ class MessageStart:
 
 @dataclass(frozen=True, slots=True)
 class BlockStart:
+    """A content block opens: text, or a tool call (its id and name; its input follows as
+    ToolInputDelta JSON fragments)."""
+
     index: int = 0
+    kind: Literal["text", "tool_use"] = "text"
+    tool_id: str = ""
+    tool_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInputDelta:
+    """A fragment of a tool call's input JSON; the fragments of a block make the whole."""
+
+    partial_json: str
     index: int = 0
 
 
@@ -127,6 +198,7 @@ Event = (
     MessageStart
     | BlockStart
     | TextDelta
+    | ToolInputDelta
     | BlockStop
     | MessageDelta
     | MessageStop

@@ -31,6 +31,7 @@ from sluicegate.events import (
     Metrics,
     StopReason,
     TextDelta,
+    ToolInputDelta,
     Usage,
 )
 
@@ -107,7 +108,7 @@ class Generation:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cancellable: asyncio.Future[Any] | None = None
-        self._block_open = False
+        self._open_block: int | None = None  # the index of the block open now
         self._pending_stop: StopReason = "end_turn"
         self._on_token_gap = on_token_gap
         self._on_end = on_end
@@ -200,12 +201,12 @@ class Generation:
 
     def _account(self, event: Event) -> Event:
         """Measure and count as events pass; fill in the figures only the Generation knows."""
-        if isinstance(event, TextDelta):
+        if isinstance(event, TextDelta | ToolInputDelta):
             self._on_text()
         elif isinstance(event, BlockStart):
-            self._block_open = True
+            self._open_block = event.index
         elif isinstance(event, BlockStop):
-            self._block_open = False
+            self._open_block = None
         elif isinstance(event, MessageStart):
             # Responses name the model id the caller asked for, under this generation's id.
             self.meter.usage.input_tokens = event.input_tokens
@@ -239,8 +240,8 @@ class Generation:
         if self._interrupted is not None and self.error is None:
             self._fail(self._interrupted)
         reason: StopReason = self._cancel_reason or "error"
-        if self._block_open:
-            self._append(BlockStop())
+        if self._open_block is not None:
+            self._append(BlockStop(self._open_block))
         self._append(MessageDelta(reason))
         self._append(MessageStop())
 
@@ -248,7 +249,7 @@ class Generation:
         self.timings.ended = time.monotonic()
         self.stop_reason = reason
         self.request = self.request.without_prompt()
-        self.log_bytes = sum(len(e.text) for e in self.log if isinstance(e, TextDelta))
+        self.log_bytes = sum(_size(e) for e in self.log)
         self.log_bytes += EVENT_BYTES * (len(self.log) + 1)
         stop = MessageStop(Usage(self.usage.input_tokens, self.usage.output_tokens), self.metrics)
         if self._on_end is not None:
@@ -282,6 +283,12 @@ class Generation:
             first_token_ms=None if t.first_token is None else _ms(t.first_token - t.created),
             total_ms=_ms(end - t.created),
         )
+
+
+def _size(event: Event) -> int:
+    if isinstance(event, TextDelta):
+        return len(event.text)
+    return len(event.partial_json) if isinstance(event, ToolInputDelta) else 0
 
 
 def _ms(seconds: float) -> int:
