@@ -41,7 +41,11 @@ typecheck: $(TEST_STAMP)
 /usr/bin/chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-unit: $(TEST_STAMP) /usr/bin/chromium
+# The bus tests start Debian's redis-server on free ports.
+/usr/bin/redis-server:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+
+unit: $(TEST_STAMP) /usr/bin/chromium /usr/bin/redis-server
 	$(BIN)/python -m pytest -q
 
 screenshot: $(TEST_STAMP) /usr/bin/chromium

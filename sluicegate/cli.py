@@ -222,6 +222,13 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            help="redis://HOST:PORT/DB: share generations, sockets and signals with the other "
+            "replicas on this Redis (default: this process alone)."
+        ),
+    ] = None,
     weights: Annotated[
         str | None,
         typer.Option(
@@ -250,6 +257,14 @@ def serve(
         settings = settings.model_copy(update={"websocket": config.relaxed(settings.websocket)})
     elif limits != "aws":
         raise typer.BadParameter("expected aws or relaxed", param_hint="--limits")
+    if bus is not None:
+        try:
+            shared = settings.bus.model_copy(update={"url": bus})
+            settings = settings.model_copy(
+                update={"bus": config.BusSettings.model_validate(shared.model_dump())}
+            )
+        except pydantic.ValidationError:
+            raise typer.BadParameter("expected redis://HOST:PORT/DB", param_hint="--bus") from None
     listen = {"host": host, "port": port, "tls_port": tls_port}
     settings = settings.model_copy(update={k: v for k, v in listen.items() if v is not None})
     if settings.tls_port == settings.port:
@@ -267,6 +282,15 @@ def _serve(
     from sluicegate.handlers import HandlerLoadError
     from sluicegate.routes.app import create_app, load_user_routes
 
+    if settings.bus.url is not None:
+        from sluicegate.bus.redis import check_reachable
+
+        try:
+            check_reachable(settings.bus.url)
+        except RuntimeError as exc:
+            console.print(f"[red]cannot start:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        console.print(f"[green]bus[/green] {settings.bus.url}", highlight=False)
     try:
         # Handlers are imported first: a broken one is reported before the model loads.
         app_routes = load_user_routes(settings)

@@ -98,6 +98,18 @@ class HttpSettings(Strict):
     body_timeout_seconds: float = Field(300.0, gt=0)  # a body that crawls
 
 
+class BusSettings(Strict):
+    """What replicas share (bus/base.py): nothing (one process) or a Redis server."""
+
+    url: str | None = Field(None, pattern=r"^rediss?://")  # redis://host:6379/0
+    # An ended generation's record and log stay this long for resume (as OpenAI keeps a
+    # background response), then expire.
+    keep_seconds: float = Field(600.0, gt=0)
+    # A replica renews its lease this often; one that misses it for lease_seconds is gone,
+    # and readers of its generations get a terminal `interrupted` error.
+    lease_seconds: float = Field(5.0, gt=0)
+
+
 class FunctionSettings(Strict):
     """A Lambda function: its handler, Function URL invoke mode and timeout."""
 
@@ -159,6 +171,7 @@ class Settings(Strict):
     routes: list[Route] = [Route(match="*", provider="local")]
     websocket: WebSocketSettings = WebSocketSettings()
     http: HttpSettings = HttpSettings()
+    bus: BusSettings = BusSettings()
     functions: dict[str, FunctionSettings] = {}
     # The REST API emulation (/rest/NAME/...): API Gateway's integration timeout, and the
     # functions switched to its streaming transfer mode.

@@ -151,6 +151,10 @@ class ServiceUnavailable(SluicegateError):
     openai = "server_error"
 
 
+class Interrupted(ServiceUnavailable):
+    """The replica running a generation stopped (crashed, was killed) before it ended."""
+
+
 BY_NAME: dict[str, type[SluicegateError]] = {
     cls.__name__: cls
     for cls in (
@@ -170,6 +174,7 @@ BY_NAME: dict[str, type[SluicegateError]] = {
         Cancelled,
         RequestTooLarge,
         ServiceUnavailable,
+        Interrupted,
     )
 }
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from sluicegate import errors
+from sluicegate.bus import bus_for
 from sluicegate.config import ProviderName, Settings
 from sluicegate.events import ChatRequest, Event
 from sluicegate.generation import Generation, Meter, StreamFn
@@ -33,6 +34,7 @@ class Gateway:
         # Live (queued or running) generations by caller address, held to a cap so that one
         # client cannot take every slot and queue place of a provider.
         self.live_by_caller: Counter[str] = Counter()
+        self.bus = bus_for(settings, self.generations)
         self.draining = False
         self.metrics.add_gauges("sluicegate_ended", self.ended_figures)
         local = providers.get("local")
@@ -93,6 +95,7 @@ class Gateway:
             self.generations.pop(gen.id, None)
             raise
         m.started(gen)
+        self.bus.announce(gen)
         return gen
 
     async def drain(self, seconds: float, give_up: Callable[[], bool] = lambda: False) -> int:

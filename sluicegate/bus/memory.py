@@ -1,4 +1,4 @@
-"""The in-process bus: which WebSocket connections exist here, and how to reach them.
+"""The in-process bus (see bus/base.py), and the WebSocket connections a process holds.
 
 A Connection has one outbound queue drained by one writer, so generations, @connections posts
 and replies never interleave half-messages and each keeps its order. The queue holds at most
@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sluicegate import errors
+from sluicegate.bus.base import Followable, Named
 
 Outbound = str | bytes | None  # None asks the writer to close the socket
 
@@ -109,3 +112,73 @@ class Connections:
         if conn is None or conn.closed:
             raise errors.Gone(f"No connection {connection_id!r}: it closed or never existed.")
         return conn
+
+
+def iso(when: datetime) -> str:
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def describe_connection(conn: Connection) -> dict[str, Any]:
+    """What the @connections API's GET answers for a socket."""
+    return {
+        "connectedAt": iso(conn.connected_at),
+        "identity": {"sourceIp": conn.source_ip, "userAgent": conn.user_agent},
+        "lastActiveAt": iso(conn.last_active_at),
+    }
+
+
+def deliver(conn: Connection, data: bytes) -> None:
+    """An @connections post: text if it is UTF-8, else a binary message."""
+    try:
+        conn.send(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        conn.send(data)
+
+
+class MemoryBus:
+    """The bus of a single process: every generation and socket is local."""
+
+    def __init__(self, generations: Mapping[str, Followable], replica: str = "local") -> None:
+        self.replica = replica
+        self.generations = generations
+        self.connections = Connections()
+        self.on_attached: Callable[[str], None] = lambda gen_id: None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def announce(self, gen: Any) -> None:
+        return None  # found in `generations`
+
+    def name(self, owner: str, client_id: str, named: Named) -> None:
+        return None  # the WebSocket API keeps its own names
+
+    async def find(self, gen_id: str) -> Followable | None:
+        return self.generations.get(gen_id)
+
+    async def find_named(self, owner: str, client_id: str) -> Named | None:
+        return None
+
+    def attached(self, gen_id: str) -> None:
+        return None
+
+    def describe(self, gen_id: str) -> dict[str, Any] | None:
+        return None
+
+    def register(self, conn: Connection) -> None:
+        self.connections.add(conn)
+
+    def unregister(self, conn: Connection) -> None:
+        self.connections.remove(conn)
+
+    async def post(self, connection_id: str, data: bytes) -> None:
+        deliver(self.connections.get(connection_id), data)
+
+    async def connection(self, connection_id: str) -> dict[str, Any]:
+        return describe_connection(self.connections.get(connection_id))
+
+    async def disconnect(self, connection_id: str) -> None:
+        self.connections.get(connection_id).close()

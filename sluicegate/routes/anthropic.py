@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sluicegate import errors
+from sluicegate.bus.base import Followable
 from sluicegate.codecs import sse
 from sluicegate.events import Event
 from sluicegate.generation import Generation
@@ -115,7 +116,7 @@ def finished_log(gen: Generation) -> list[Event]:
     return gen.log
 
 
-async def stream_events(gen: Generation, after: int = 0) -> AsyncGenerator[bytes, None]:
+async def stream_events(gen: Followable, after: int = 0) -> AsyncGenerator[bytes, None]:
     """This door's events for a generation, each with its log index as id, from after `after`
     (the events up to it are translated but not sent, so a resume sees exactly what a
     continuous stream would have); the stream ends at message_stop or an error."""
@@ -146,7 +147,7 @@ async def generation_events(request: Request) -> Response:
     """Like the introspection route, the generation's id (96 random bits) is the only
     credential: a browser's EventSource cannot send headers."""
     gateway = gateway_of(request)
-    gen = gateway.generations.get(request.path_params["id"])
+    gen = await gateway.bus.find(request.path_params["id"])  # here or on another replica
     if gen is None:
         raise errors.NotFound("No such generation (or it ended long ago).")
     after = resume_point(request, len(gen.log))

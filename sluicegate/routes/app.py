@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import boto3
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -14,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from sluicegate import errors, handlers
-from sluicegate.bus.memory import Connections
 from sluicegate.config import Settings
 from sluicegate.gateway import Gateway
 from sluicegate.routes import anthropic as anthropic_door
@@ -37,6 +37,9 @@ def load_user_routes(settings: Settings) -> dict[str, handlers.Handler]:
         base = f"http://{settings.public_host}"
         stage, key, region = settings.websocket.stage, settings.api_key, settings.region
         os.environ.update(handlers.handler_environment(base, stage, key, region))
+        # boto3's default session keeps the credentials it first found: a server started
+        # earlier in this process (tests) must not leave its key to this one's handlers.
+        boto3.DEFAULT_SESSION = None
     return {key: handlers.load_handler(spec, function_name(key)) for key, spec in specs.items()}
 
 
@@ -62,7 +65,7 @@ def create_app(
     ws = gateway.settings.websocket
     loaded = load_user_routes(gateway.settings) if user_routes is None else user_routes
     fns = Functions(gateway.settings, {k[3:]: h for k, h in loaded.items() if k.startswith("fn:")})
-    connections = Connections()
+    connections = gateway.bus.connections
     api_key = gateway.settings.api_key
     accepted = signing_secrets(api_key)
     ws_api = WebSocketApi(
@@ -95,10 +98,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.bus.start()
+        gateway.bus.on_attached = ws_api.let_go
         yield
         cancel_all(ws_api)
         for gen in list(gateway.generations.values()):
             gen.cancel("cancelled")
+        await asyncio.sleep(0)  # let the cancelled ones write their ends
+        await gateway.bus.close()
 
     async def not_found(request: Request, exc: Exception) -> Response:
         """No route: answered in the shape of the API the path belongs to."""
@@ -117,7 +124,7 @@ def create_app(
             *openai_door.routes(),
             *metrics.routes(),
             ws_api.route(),
-            *connections_api(connections, ws.stage, api_key, accepted),
+            *connections_api(gateway.bus, ws.stage, api_key, accepted),
             *fns.routes(),
             *web.routes(),
         ],

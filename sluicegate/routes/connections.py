@@ -16,24 +16,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sluicegate import errors
-from sluicegate.bus.memory import Connections
+from sluicegate.bus.base import Bus
 from sluicegate.routes.aws import authorized, error_response, require_local_without_key
 
 MAX_DATA = 128 * 1024
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-Handler = Callable[[Request, bytes, Connections], Awaitable[Response]]
+Handler = Callable[[Request, bytes, Bus], Awaitable[Response]]
 
 
 def connections_api(
-    connections: Connections, stage: str, api_key: str | None, secrets: Sequence[str] = ()
+    bus: Bus, stage: str, api_key: str | None, secrets: Sequence[str] = ()
 ) -> list[Route]:
     """The routes; with `api_key`, SigV4 calls must verify with one of `secrets`
     (`routes.app.signing_secrets`)."""
@@ -44,7 +43,7 @@ def connections_api(
             try:
                 body = await _body(request)
                 _authorize(request, body, api_key, secrets)
-                return await endpoint(request, body, connections)
+                return await endpoint(request, body, bus)
             except errors.SluicegateError as exc:
                 return error_response(exc)
 
@@ -82,30 +81,15 @@ def _authorize(request: Request, body: bytes, api_key: str | None, secrets: Sequ
         )
 
 
-async def post(request: Request, body: bytes, connections: Connections) -> Response:
-    conn = connections.get(request.path_params["connection_id"])
-    try:
-        conn.send(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        conn.send(body)
+async def post(request: Request, body: bytes, bus: Bus) -> Response:
+    await bus.post(request.path_params["connection_id"], body)
     return Response(status_code=200)
 
 
-async def get(request: Request, body: bytes, connections: Connections) -> Response:
-    conn = connections.get(request.path_params["connection_id"])
-    return JSONResponse(
-        {
-            "connectedAt": _iso(conn.connected_at),
-            "identity": {"sourceIp": conn.source_ip, "userAgent": conn.user_agent},
-            "lastActiveAt": _iso(conn.last_active_at),
-        }
-    )
+async def get(request: Request, body: bytes, bus: Bus) -> Response:
+    return JSONResponse(await bus.connection(request.path_params["connection_id"]))
 
 
-async def delete(request: Request, body: bytes, connections: Connections) -> Response:
-    connections.get(request.path_params["connection_id"]).close()
+async def delete(request: Request, body: bytes, bus: Bus) -> Response:
+    await bus.disconnect(request.path_params["connection_id"])
     return Response(status_code=204)
-
-
-def _iso(when: datetime) -> str:
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -28,8 +28,12 @@ async def metrics(request: Request) -> Response:
 async def generation(request: Request) -> Response:
     gateway = _gateway(request)
     gen = gateway.generations.get(request.path_params["id"])
-    if gen is None:
-        return JSONResponse({"message": "No such generation (or it ended long ago)."}, 404)
+    if gen is None:  # another replica's, if the bus knows it
+        found = await gateway.bus.find(request.path_params["id"])
+        mirrored = gateway.bus.describe(found.id) if found is not None else None
+        if mirrored is None:
+            return JSONResponse({"message": "No such generation (or it ended long ago)."}, 404)
+        return JSONResponse(mirrored)
     # The sampling the provider used, its model's defaults filled in (null: it does not sample).
     return JSONResponse({**gateway.describe(gen), "sampling": gen.meter.sampling or None})
 

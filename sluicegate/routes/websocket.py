@@ -22,6 +22,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sluicegate import errors, handlers
+from sluicegate.bus.base import Followable, Named
 from sluicegate.bus.memory import Connection, Connections
 from sluicegate.codecs import jsonbody
 from sluicegate.events import ErrorEvent, MessageStart, MessageStop, TextDelta
@@ -41,7 +42,7 @@ class Live:
     """A generation started over the WebSocket API, and the connection it streams to."""
 
     client_id: str
-    gen: Generation
+    gen: Followable  # here, or on another replica (bus/base.py)
     conn: Connection | None
     forwarder: asyncio.Task[None] | None = None
     grace: asyncio.TimerHandle | None = None
@@ -114,7 +115,7 @@ class WebSocketApi:
             await ws.close(1008)  # before accept: the client sees the handshake refused (403)
             return
         await ws.accept()
-        self.connections.add(conn)
+        self.gateway.bus.register(conn)
         self._start_sweeper()
         writer = asyncio.create_task(_write(conn, ws))
         closed = (1005, "")  # the client's close code and reason
@@ -132,7 +133,7 @@ class WebSocketApi:
         finally:
             if conn.closed:  # the server closed it (limits, DELETE @connections, shutdown)
                 closed = (conn.close_code, conn.close_reason)
-            self.connections.remove(conn)
+            self.gateway.bus.unregister(conn)
             writer.cancel()
             self._detach(conn)
             if "$disconnect" in self.user_routes:
@@ -252,6 +253,7 @@ class WebSocketApi:
         live = Live(client_id, gen, conn)
         self._forget_ended()
         self.live[(conn.owner, client_id)] = live
+        self.gateway.bus.name(conn.owner, client_id, Named(gen.id, live.token))
         self._forward(live, conn, 0)
 
     def _forget_ended(self) -> None:
@@ -263,7 +265,7 @@ class WebSocketApi:
 
     async def stop(self, conn: Connection, body: Body) -> None:
         client_id = _id(body)
-        targets = [self._find(conn, client_id)] if client_id is not None else self._of(conn)
+        targets = [await self._find(conn, client_id)] if client_id is not None else self._of(conn)
         for live in targets:
             live.check(conn, body)
             if not live.gen.cancel("cancelled") and client_id is not None:
@@ -271,7 +273,7 @@ class WebSocketApi:
                 _reply(conn, wire.error(client_id, "GenerationEnded", why))
 
     async def resume(self, conn: Connection, body: Body) -> None:
-        live = self._find(conn, _id(body))
+        live = await self._find(conn, _id(body))
         live.check(conn, body)
         after = body.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
@@ -284,6 +286,19 @@ class WebSocketApi:
             live.forwarder.cancel()
         live.conn = conn
         self._forward(live, conn, after)
+        self.gateway.bus.attached(live.gen.id)
+
+    def let_go(self, gen_id: str) -> None:
+        """A connection on another replica resumed this generation: stop streaming it here
+        (as a resume on this replica does), and leave its grace period to that replica."""
+        for live in self.live.values():
+            if live.gen.id == gen_id:
+                if live.forwarder is not None:
+                    live.forwarder.cancel()
+                if live.grace is not None:
+                    live.grace.cancel()
+                    live.grace = None
+                live.conn = None
 
     async def ping(self, conn: Connection, body: Body) -> None:
         _reply(conn, {"type": "pong"})
@@ -298,11 +313,13 @@ class WebSocketApi:
 
     async def _stream(self, live: Live, conn: Connection, after: int) -> None:
         gen, cid = live.gen, live.client_id
-        seq = after
+        start, seq = _log_position(gen, after)
         with contextlib.suppress(errors.Gone):
-            async for _, event in gen.follow(_log_position(gen, after)):
+            async for _, event in gen.follow(start):
                 if isinstance(event, TextDelta):
                     seq += 1
+                    if seq <= after:
+                        continue  # another replica's log, still catching up to `after`
                     conn.send(
                         wire.dumps({"type": "delta", "id": cid, "seq": seq, "text": event.text})
                     )
@@ -331,26 +348,40 @@ class WebSocketApi:
     def _of(self, conn: Connection) -> list[Live]:
         return [v for v in self.live.values() if v.conn is conn and not v.gen.done]
 
-    def _find(self, conn: Connection, client_id: Any) -> Live:
+    async def _find(self, conn: Connection, client_id: Any) -> Live:
+        """A generation of this owner's by its id: here, or named on the bus by a connection
+        on another replica (then it is streamed from there)."""
         if not isinstance(client_id, str):
             raise errors.ValidationError("id must be the string id of a generation.")
         live = self.live.get((conn.owner, client_id))
-        if live is None:
+        if live is not None:
+            return live
+        bus = self.gateway.bus
+        named = await bus.find_named(conn.owner, client_id)
+        gen = await bus.find(named.gen_id) if named is not None else None
+        if named is None or gen is None:
             raise errors.NotFound(f"No generation {client_id!r} for this owner.")
+        live = Live(client_id, gen, None, token=named.token)
+        self.live[(conn.owner, client_id)] = live
         return live
 
 
-def _log_position(gen: Generation, after: int) -> int:
-    """How many log events to skip so that streaming resumes after the `after`-th delta."""
+def _log_position(gen: Followable, after: int) -> tuple[int, int]:
+    """Where streaming resumes after the `after`-th delta: the log index, and the deltas
+    before it. A generation here refuses an `after` beyond what it sent; another replica's
+    may not have reached it yet (it sent some deltas before its log reached us): its stream
+    starts at what is here and skips deltas up to `after`."""
     if after == 0:
-        return 0
+        return 0, 0
     seen = 0
     for i, event in enumerate(gen.log):
         if isinstance(event, TextDelta):
             seen += 1
             if seen == after:
-                return i + 1
-    raise errors.ValidationError(f"after={after} is beyond the {seen} deltas sent so far.")
+                return i + 1, seen
+    if isinstance(gen, Generation):
+        raise errors.ValidationError(f"after={after} is beyond the {seen} deltas sent so far.")
+    return len(gen.log), seen
 
 
 async def _write(conn: Connection, ws: WebSocket) -> None:
