@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -175,3 +176,61 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return bool(predicate())
+
+
+@dataclass
+class Redis:
+    """A real redis-server on a free port (Debian's; `make test` installs it)."""
+
+    port: int
+    folder: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        if not wait_until(self.answers, timeout=20):
+            raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def keys(self) -> list[str]:
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        try:
+            return sorted(k.decode() for k in client.keys("*"))
+        finally:
+            client.close()
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[Redis]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is missing: `make test` installs it (apt-get)")
+    r = Redis(free_port(), Path(tempfile.mkdtemp(prefix="sg-redis-")))
+    r.start()
+    try:
+        yield r
+    finally:
+        r.kill()
+        shutil.rmtree(r.folder, ignore_errors=True)

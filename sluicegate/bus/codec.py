@@ -17,9 +17,20 @@ def dumps(event: Event) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def dumps_many(batch: list[Event]) -> bytes:
+    return b"[" + b",".join(dumps(e) for e in batch) + b"]"
+
+
+def loads_many(raw: bytes | str) -> list[Event | None]:
+    return [decode(body) for body in json.loads(raw)]
+
+
 def loads(raw: bytes | str) -> Event | None:
+    return decode(json.loads(raw))
+
+
+def decode(body: dict[str, Any]) -> Event | None:
     """The event, or None for a kind this version does not know (a newer replica's)."""
-    body = json.loads(raw)
     cls = TYPES.get(body.pop("t", ""))
     if cls is None:
         return None

@@ -143,6 +143,7 @@ class MemoryBus:
         self.generations = generations
         self.connections = Connections()
         self.on_attached: Callable[[str], None] = lambda gen_id: None
+        self.names: dict[tuple[str, str], Named] = {}
 
     async def start(self) -> None:
         return None
@@ -154,13 +155,17 @@ class MemoryBus:
         return None  # found in `generations`
 
     def name(self, owner: str, client_id: str, named: Named) -> None:
-        return None  # the WebSocket API keeps its own names
+        for key, old in list(self.names.items()):  # names last as long as their generations
+            if old.gen_id not in self.generations:
+                del self.names[key]
+        self.names[(owner, client_id)] = named
 
     async def find(self, gen_id: str) -> Followable | None:
         return self.generations.get(gen_id)
 
     async def find_named(self, owner: str, client_id: str) -> Named | None:
-        return None
+        named = self.names.get((owner, client_id))
+        return named if named is not None and named.gen_id in self.generations else None
 
     def attached(self, gen_id: str) -> None:
         return None

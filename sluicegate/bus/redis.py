@@ -4,7 +4,8 @@ Keys (all expire: nothing in Redis outlives `keep_seconds` after its last write)
 
     sg:replica:{r}        a replica's lease, renewed every lease/3 s; gone: the replica is gone
     sg:gen:{id}           a generation's record (hash): replica, route, model, done, usage...
-    sg:log:{id}           its event log (stream); entry id 0-N is log position N
+    sg:log:{id}           its event log (stream): each entry a batch of events, entry id 0-N
+                          for the batch that ends at log position N
     sg:name:{owner}:{cid} a WebSocket generation's name: gen id and resumeToken
     sg:conn:{cid}         a socket: the replica holding it, connectedAt, identity
     sg:to:{r}, sg:all     signal channels (pub/sub): to one replica, to all
@@ -30,7 +31,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sluicegate import errors
 from sluicegate.bus import codec
@@ -72,6 +77,7 @@ class _Written:
     gen: Any
     events: int = 0
     recorded: bool = False
+    expires: float = 0.0  # when the keys' expiry set last will be half used up
 
 
 class Mirror:
@@ -168,7 +174,12 @@ class RedisBus:
         # Any: redis-py types each reply as the union of its RESP2 and RESP3 shapes; this
         # client speaks RESP2 (lists of (id, fields) for streams, bytes everywhere).
         self.redis: Any = aioredis.Redis.from_url(
-            settings.url, socket_connect_timeout=2, socket_timeout=READ_BLOCK_MS / 1000 + 4
+            settings.url,
+            socket_connect_timeout=2,
+            socket_timeout=READ_BLOCK_MS / 1000 + 4,
+            # A pooled connection Redis closed (a restart) is retried on a new one, quickly.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self.up = False
         self._writing: dict[str, _Written] = {}
@@ -181,6 +192,7 @@ class RedisBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self.commands = 0  # Redis commands sent (for bench/replicas.py)
+        self.round_trips = 0  # of the writer (one per tick with something new)
 
     @property
     def keep_ms(self) -> int:
@@ -261,15 +273,18 @@ class RedisBus:
             await self._find_ends()
         pipe = self.redis.pipeline(transaction=False)
         keep = self.keep_ms
-        for (owner, cid), named in self._names.items():
-            if self._resync or named.gen_id not in self._named_sent:
-                key = f"sg:name:{owner}:{cid}"
-                pipe.hset(key, mapping={"gen": named.gen_id, "token": named.token})
-                pipe.pexpire(key, keep)
+        if self._resync:
+            self._named_sent.clear()
+        names = [(k, n) for k, n in self._names.items() if n.gen_id not in self._named_sent]
+        for (owner, cid), named in names:
+            key = f"sg:name:{owner}:{cid}"
+            pipe.hset(key, mapping={"gen": named.gen_id, "token": named.token})
+            pipe.pexpire(key, keep)
         if self._resync:
             for conn in list(self.connections.by_id.values()):
                 self._register(pipe, conn)
         finished = []
+        now = asyncio.get_running_loop().time()
         for w in self._writing.values():
             gen = w.gen
             fresh = gen.log[w.events :]
@@ -277,20 +292,22 @@ class RedisBus:
             if not w.recorded:
                 pipe.hset(record, mapping=_record(gen, self.replica))
                 w.recorded = True
-            for n, event in enumerate(fresh, w.events + 1):
-                pipe.xadd(logged, {"e": codec.dumps(event)}, id=f"0-{n}")
-            if fresh:
+            if fresh:  # one entry for all that is new: one command per generation and tick
                 w.events += len(fresh)
+                pipe.xadd(logged, {"e": codec.dumps_many(fresh)}, id=f"0-{w.events}")
                 if gen.done:
                     pipe.hset(record, mapping=_record(gen, self.replica))
                     finished.append(gen.id)
-                pipe.pexpire(record, keep)
-                pipe.pexpire(logged, keep)
+                if gen.done or now >= w.expires:  # expiry renewed at half-life, and at the end
+                    pipe.pexpire(record, keep)
+                    pipe.pexpire(logged, keep)
+                    w.expires = now + self.settings.keep_seconds / 2
         unsent, self._unsent = self._unsent, []
         for channel, message in unsent:
             pipe.publish(channel, json.dumps(message))
         if len(pipe):
             self.commands += len(pipe)
+            self.round_trips += 1
             try:
                 await pipe.execute(raise_on_error=False)
             except BaseException:
@@ -298,12 +315,13 @@ class RedisBus:
                 for w in self._writing.values():  # counted again from Redis when it is back
                     w.events, w.recorded = 0, False
                 raise
-        self._named_sent = {n.gen_id for n in self._names.values()}
+        self._named_sent.update(n.gen_id for _, n in names)
         for gen_id in finished:
             self._writing.pop(gen_id, None)
         for name, named in list(self._names.items()):  # kept for a resync while they run
-            if named.gen_id not in self._writing:
+            if named.gen_id in self._named_sent and named.gen_id not in self._writing:
                 del self._names[name]
+                self._named_sent.discard(named.gen_id)
         self._resync = False
 
     async def _find_ends(self) -> None:
@@ -529,15 +547,19 @@ class RedisBus:
 
 
 def _append(mirror: Mirror, entries: list[Any], last: int) -> int:
-    """Entries (id 0-N, {"e": event}) in order onto the mirror; returns the last N."""
+    """Entries (id 0-N, {"e": the batch ending at position N}) in order onto the mirror;
+    returns the last position appended."""
     for entry_id, fields in entries:
-        n = int(entry_id.split(b"-")[1])
-        if n != last + 1:
-            continue  # a repeat (a rewrite after a Redis restart)
-        last = n
-        event = codec.loads(fields[b"e"])
-        if event is not None:
-            mirror.append(event)
+        end = int(entry_id.split(b"-")[1])
+        batch = codec.loads_many(fields[b"e"])
+        first = end - len(batch) + 1
+        if first > last + 1:
+            continue  # a gap: cannot be (the writer rewrites from where Redis ends)
+        for position, event in enumerate(batch, first):
+            if position > last:  # (a rewrite after a Redis restart may repeat a few)
+                last = position
+                if event is not None:
+                    mirror.append(event)
     return last
 
 
