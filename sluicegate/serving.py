@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # the TLS listener alone needs the `cryptography` package
     from sluicegate.tls import LocalCertificate
 
 STARTUP_FAILURE = 3  # uvicorn's exit status when a listener cannot start
+# A refused request's connection reads and drops this long, or this much, before it closes.
+LINGER_SECONDS, LINGER_BYTES = 1.0, 1024 * 1024
 
 
 def websocket_protocol(max_frame_bytes: int | None) -> type[WebSocketsSansIOProtocol]:
@@ -63,6 +65,8 @@ def http_protocol(limits: HttpSettings) -> type[HttpToolsProtocol]:
             self._header_bytes = 0
             self._tail = b""  # the last bytes seen, for a header end split across reads
             self._timer: asyncio.TimerHandle | None = None
+            self._refused = False
+            self._dropped = 0
             self._body_started = 0.0
             self._last_data = 0.0
 
@@ -75,6 +79,11 @@ def http_protocol(limits: HttpSettings) -> type[HttpToolsProtocol]:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._refused:  # read and dropped until the close (see _refuse), within bounds
+                self._dropped += len(data)
+                if self._dropped > LINGER_BYTES:
+                    self.transport.close()
+                return
             self._last_data = self.loop.time()
             if self._awaiting_headers:
                 budget = limits.max_header_bytes - self._header_bytes
@@ -148,7 +157,13 @@ def http_protocol(limits: HttpSettings) -> type[HttpToolsProtocol]:
                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                 % (status, reason, len(body), body)
             )
-            self.transport.close()
+            # Closing with the client's bytes unread would reset the connection, and a client
+            # still sending would never read the answer: stop sending, drop what comes for a
+            # moment (a bounded one), then close.
+            self._refused = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     return Guarded
 

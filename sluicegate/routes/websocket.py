@@ -128,6 +128,9 @@ class WebSocketApi:
                 conn.touch()
                 text = message.get("text")
                 await self.dispatch(conn, text if text is not None else message.get("bytes", b""))
+                # A burst of queued messages would be served back to back without a pause:
+                # give every other stream its turn after each one.
+                await asyncio.sleep(0)
         except WebSocketDisconnect as exc:
             closed = (exc.code, exc.reason or "")
         finally:

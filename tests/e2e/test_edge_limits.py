@@ -67,6 +67,16 @@ def test_a_header_block_over_the_limit_gets_431(edge: Server) -> None:
     assert ok.status_code == 200
 
 
+def test_a_header_just_over_the_limit_is_answered_431_while_the_client_still_sends(
+    edge: Server,
+) -> None:
+    with connect(edge) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000)
+        sock.sendall(b"\r\n\r\n")
+        reply = read_all(sock)  # no reset: the server drained what it refused
+    assert reply.startswith(b"HTTP/1.1 431 ")
+
+
 def test_a_huge_header_is_refused_without_reading_it_all(edge: Server) -> None:
     with connect(edge) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
