@@ -69,6 +69,8 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    # A GBNF grammar (root rule `root`) the sampled text must follow, as llama.cpp reads it.
+    grammar: str | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -392,11 +394,17 @@ class Engine:
                 if self._running and self._kv_needed() + seq.pending > self.config.n_ctx:
                     return  # the KV cache is full: wait for a running sequence to end
                 self._waiting.popleft()
+                if seq.sampler is None:
+                    try:
+                        seq.sampler = _sampler(seq.sampling, self.model.vocab)
+                    except ValueError:  # a grammar llama.cpp refused: this sequence's fault
+                        log.exception("sequence %s: no sampler", seq.key)
+                        seq.finished = True
+                        seq.sink("", 0, "error")
+                        continue
+                    self.stats.samplers += 1
                 seq.slot = self._free_slots.pop()
                 seq.admitted_at = seq.admitted_at or time.monotonic()
-                if seq.sampler is None:
-                    seq.sampler = _sampler(seq.sampling)
-                    self.stats.samplers += 1
                 self._running.append(seq)
 
     def _kv_needed(self) -> int:
@@ -664,11 +672,16 @@ def _put(b: Any, n: int, token: int, pos: int, slots: list[int], logits: bool) -
     b.logits[n] = logits
 
 
-def _sampler(s: Sampling) -> Any:
+def _sampler(s: Sampling, vocab: Any) -> Any:
+    grammar = None if s.grammar is None else grammar_sampler(vocab, s.grammar)
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
 
     def add(x: Any) -> None:
         llama_cpp.llama_sampler_chain_add(chain, x)
+
+    if grammar is not None:
+        # First in the chain: the other samplers then choose among allowed tokens only.
+        add(grammar)
 
     if s.temperature <= 0:
         add(llama_cpp.llama_sampler_init_greedy())
@@ -681,3 +694,11 @@ def _sampler(s: Sampling) -> Any:
     seed = s.seed if s.seed is not None else secrets.randbits(32)
     add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
     return chain
+
+
+def grammar_sampler(vocab: Any, grammar: str) -> Any:
+    """llama.cpp's grammar sampler for a GBNF text; ValueError if llama.cpp cannot parse it."""
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    if not sampler:
+        raise ValueError("llama.cpp could not parse the grammar")
+    return sampler

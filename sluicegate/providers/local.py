@@ -27,8 +27,9 @@ import llama_cpp
 from llama_cpp import _internals as llm
 
 from sluicegate import errors
-from sluicegate.events import ChatRequest, Event
+from sluicegate.events import ChatRequest, Event, Message, ToolResult, ToolUse
 from sluicegate.generation import Meter
+from sluicegate.providers import toolcall
 from sluicegate.providers.base import Finish, Piece, text_message
 from sluicegate.providers.engine import Engine, EngineConfig, Sampling, Sequence, silence_llama_logs
 
@@ -221,11 +222,15 @@ class LocalProvider:
     # -- prompts -------------------------------------------------------------------------------
 
     def render(self, request: ChatRequest) -> str:
-        """The prompt from the model's own chat template; a final assistant turn is a prefill."""
+        """The prompt from the model's own chat template; a final assistant turn is a prefill.
+        Tools offered (unless tool_choice is none) are described in the system turn."""
         turns: list[dict[str, str]] = []
-        if request.system:
-            turns.append({"role": "system", "content": request.system})
-        turns += [{"role": m.role, "content": m.text} for m in request.messages]
+        system = request.system
+        if request.tools and request.tool_choice.kind != "none":
+            system = "\n\n".join(s for s in (system, toolcall.instructions(request.tools)) if s)
+        if system:
+            turns.append({"role": "system", "content": system})
+        turns += [{"role": m.role, "content": _content(m)} for m in request.messages]
         prefill = ""
         if turns[-1]["role"] == "assistant":
             prefill = turns.pop()["content"]
@@ -243,7 +248,8 @@ class LocalProvider:
     async def tokens_of(self, request: ChatRequest) -> list[int]:
         """The prompt's tokens, worked out off the event loop (a 5 MB prompt takes seconds),
         after a size check that refuses at once a prompt that cannot fit the window."""
-        size = len(request.system) + sum(len(m.text) for m in request.messages)
+        size = len(request.system) + sum(len(_content(m)) for m in request.messages)
+        size += sum(len(t.description) + len(str(t.input_schema)) for t in request.tools)
         window = self.engine.n_ctx_seq
         if size > window * self._longest_piece:
             raise errors.ValidationError(
@@ -259,14 +265,18 @@ class LocalProvider:
     # -- streaming -----------------------------------------------------------------------------
 
     async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
+        grammar = toolcall.grammar(request.tools, request.tool_choice)
         prompt = await self.tokens_of(request)
         queue: asyncio.Queue[tuple[str, int, str | None]] = asyncio.Queue()
-        sampling = _sampling(request, self.defaults)
-        meter.sampling = {k: v for k, v in asdict(sampling).items() if k != "max_tokens"}
+        sampling = _sampling(request, self.defaults, grammar)
+        meter.sampling = {
+            k: v for k, v in asdict(sampling).items() if k not in ("max_tokens", "grammar")
+        }
         seq = Sequence(meter.key, prompt, sampling, _threadsafe_put(queue))
         self.engine.submit(seq)
         pieces = self._pieces(seq, queue, meter)
-        async for event in text_message(request, meter, len(prompt), pieces):
+        frame = text_message if grammar is None else toolcall.message
+        async for event in frame(request, meter, len(prompt), pieces):
             yield event
 
     async def _pieces(
@@ -286,7 +296,9 @@ class LocalProvider:
             self.engine.cancel(seq)
 
 
-def _sampling(request: ChatRequest, defaults: SamplingDefaults) -> Sampling:
+def _sampling(
+    request: ChatRequest, defaults: SamplingDefaults, grammar: str | None = None
+) -> Sampling:
     """The request's sampling, with the model's defaults for what it left unset (None)."""
     return Sampling(
         max_tokens=request.max_tokens,
@@ -294,7 +306,17 @@ def _sampling(request: ChatRequest, defaults: SamplingDefaults) -> Sampling:
         top_p=defaults.top_p if request.top_p is None else request.top_p,
         top_k=defaults.top_k if request.top_k is None else request.top_k,
         seed=request.seed,
+        grammar=grammar,
     )
+
+
+def _content(m: Message) -> str:
+    """A turn's text with its tool blocks as the model reads them: a user's results before
+    its text, an assistant's calls after."""
+    results = [toolcall.render_result(b) for b in m.blocks if isinstance(b, ToolResult)]
+    uses = [b for b in m.blocks if isinstance(b, ToolUse)]
+    calls = [toolcall.render_calls(uses)] if uses else []
+    return "\n".join(p for p in (*results, m.text, *calls) if p)
 
 
 def _threadsafe_put(queue: asyncio.Queue[Any]) -> Any:
