@@ -91,6 +91,7 @@ def test_redis_restarted_mid_stream_loses_nothing() -> None:
         conn = Connection("o", "10.0.0.9", "ua")
         a.bus.register(conn)
         gen = await a.start(request(150), route="test")  # 150 words at 20 ms: 3 s
+        a.bus.name("o", "g", Named(gen.id, "t"))
         await asyncio.sleep(0.5)
         r.kill()
         await asyncio.sleep(0.3)
@@ -102,6 +103,12 @@ def test_redis_restarted_mid_stream_loses_nothing() -> None:
         await asyncio.sleep(0.5)
         assert len(gen.log) > grown  # the stream runs on locally while Redis is down
         r.start()  # an empty Redis, on the same port
+        named = None
+        for _ in range(100):  # the running generation's name is written again
+            if (named := await b.find_named("o", "g")) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert named == Named(gen.id, "t") and not gen.done
         await gen.wait()
         # The replica reconnects, writes its logs again from where Redis lost them, and
         # registers its sockets again: stop, resume and @connections work as before.
