@@ -29,7 +29,13 @@ from sluicegate.events import (
     Metrics,
     Ping,
     TextDelta,
+    Tool,
+    ToolChoice,
+    ToolInputDelta,
+    ToolResult,
+    ToolUse,
 )
+from sluicegate.translate import tools
 
 BEDROCK_VERSION = "bedrock-2023-05-31"
 # Bedrock's own value, or a client's API version date (the Anthropic SDK sends its own).
@@ -45,9 +51,13 @@ KNOWN_KEYS = {
     "stop_sequences",
     "metadata",
     "anthropic_beta",
+    "tools",
+    "tool_choice",
 }
-UNSUPPORTED_KEYS = {"tools", "tool_choice", "thinking"}
-UNSUPPORTED_BLOCKS = {"image", "document", "tool_use", "tool_result", "thinking"}
+UNSUPPORTED_KEYS = {"thinking"}
+UNSUPPORTED_BLOCKS = {"image", "document", "thinking", "redacted_thinking"}
+TOOL_KEYS = {"type", "name", "description", "input_schema", "cache_control"}
+CHOICES = {"auto", "any", "tool", "none"}
 MAX_STOP_SEQUENCES = 8191
 # The Messages API's own body: the model and stream flag inside it, no anthropic_version
 # (a header there). Keys about where and how fast the hosted API serves, or what it caches,
@@ -60,7 +70,7 @@ API_UNSUPPORTED_KEYS = UNSUPPORTED_KEYS | {
     "container",
     "mcp_servers",
 }
-COUNT_KEYS = {"model", "messages", "system", "speed", "cache_control"}
+COUNT_KEYS = {"model", "messages", "system", "speed", "cache_control", "tools", "tool_choice"}
 
 
 class Malformed(ValidationError):
@@ -177,16 +187,67 @@ def api_detail(detail: str) -> str:
 
 def request_from(model: str, body: Mapping[str, Any]) -> ChatRequest:
     """The canonical request of a body whose keys have been checked."""
+    offered, choice = parse_tools(body.get("tools")), tool_choice(body.get("tool_choice"))
+    tools.check_tools(offered, choice)
+    turns = parse_messages(body.get("messages"))
+    if not offered and any(m.blocks for m in turns):
+        raise ValidationError(
+            "Requests which include `tool_use` or `tool_result` blocks must define tools."
+        )
     return ChatRequest(
         model=model,
-        messages=parse_messages(body.get("messages")),
+        messages=turns,
         max_tokens=integer(body, "max_tokens", 1),
         system=system_text(body.get("system", "")),
         temperature=number(body, "temperature", 0.0, 1.0),
         top_p=number(body, "top_p", 0.0, 1.0),
         top_k=optional_integer(body, "top_k", 0),
         stop_sequences=string_list(body, "stop_sequences"),
+        tools=offered,
+        tool_choice=choice,
     )
+
+
+def parse_tools(value: Any) -> tuple[Tool, ...]:
+    """`tools`: client tools (name, description, input_schema); server tools are refused."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise malformed("#/tools: expected a list of tools")
+    return tuple(_tool(t, f"#/tools/{i}") for i, t in enumerate(value))
+
+
+def _tool(tool: Any, where: str) -> Tool:
+    if not isinstance(tool, dict):
+        raise malformed(f"{where}: expected an object")
+    if tool.get("type", "custom") not in ("custom", None):
+        raise ValidationError(
+            f"{where}: server tools ({tool['type']!r}) are not supported by sluicegate; "
+            "send client tools (name, description, input_schema)."
+        )
+    check_keys(tool, TOOL_KEYS, set(), where)
+    require(tool, "name", where)
+    require(tool, "input_schema", where)
+    description = tool.get("description", "")
+    if not isinstance(description, str):
+        raise malformed(f"{where}/description: expected a string")
+    return Tool(
+        tools.check_name(tool["name"], f"{where}/name"),
+        description,
+        tools.check_schema(tool["input_schema"], f"{where}/input_schema"),
+    )
+
+
+def tool_choice(value: Any) -> ToolChoice:
+    """`tool_choice`: {"type": auto | any | tool (with a name) | none}."""
+    if value is None:
+        return ToolChoice()
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in CHOICES:
+        raise malformed("#/tool_choice/type: expected one of 'auto', 'any', 'tool', 'none'")
+    if kind != "tool":
+        return ToolChoice(kind)
+    return ToolChoice("tool", tools.check_name(value.get("name"), "#/tool_choice/name"))
 
 
 def is_version(value: Any) -> bool:
@@ -265,16 +326,50 @@ def parse_messages(messages: Any) -> tuple[Message, ...]:
                 "messages: roles must alternate between 'user' and 'assistant', starting with "
                 f"'user'; message {i} has role {m['role']!r}."
             )
-        out.append(Message(m["role"], content_text(m.get("content"), where)))
+        out.append(message(m["role"], m.get("content"), where))
     return tuple(out)
 
 
-def content_text(content: Any, where: str) -> str:
+def message(role: str, content: Any, where: str) -> Message:
+    """A turn's text and its tool blocks: tool_use in an assistant's, tool_result in a user's."""
     if isinstance(content, str):
-        return content
+        return Message("user" if role == "user" else "assistant", content)
     if not isinstance(content, list) or not content:
         raise malformed(f"{where}/content: expected a string or a non-empty list of content blocks")
-    return "".join(block_text(b, f"{where}/content/{j}") for j, b in enumerate(content))
+    text: list[str] = []
+    found: list[ToolUse | ToolResult] = []
+    for j, block in enumerate(content):
+        at = f"{where}/content/{j}"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "tool_use" and role == "assistant":
+            found.append(_tool_use(block, at))
+        elif kind == "tool_result" and role == "user":
+            found.append(_tool_result(block, at))
+        else:
+            text.append(block_text(block, at))
+    return Message("user" if role == "user" else "assistant", "".join(text), tuple(found))
+
+
+def _tool_use(block: dict[str, Any], where: str) -> ToolUse:
+    for key in ("id", "name", "input"):
+        require(block, key, where)
+    if not isinstance(block["id"], str):
+        raise malformed(f"{where}/id: expected a string")
+    return ToolUse(block["id"], tools.check_name(block["name"], f"{where}/name"), block["input"])
+
+
+def _tool_result(block: dict[str, Any], where: str) -> ToolResult:
+    require(block, "tool_use_id", where)
+    if not isinstance(block["tool_use_id"], str):
+        raise malformed(f"{where}/tool_use_id: expected a string")
+    content = block.get("content", "")
+    if isinstance(content, str):
+        parts: tuple[str, ...] = (content,) if content else ()
+    elif isinstance(content, list):
+        parts = tuple(block_text(b, f"{where}/content/{k}") for k, b in enumerate(content))
+    else:
+        raise malformed(f"{where}/content: expected a string or a list of text blocks")
+    return ToolResult(block["tool_use_id"], parts, block.get("is_error") is True)
 
 
 def block_text(block: Any, where: str) -> str:
@@ -287,6 +382,9 @@ def block_text(block: Any, where: str) -> str:
         raise ValidationError(
             f"{where}: content blocks of type {kind!r} are not supported yet; send 'text' blocks."
         )
+    if kind in ("tool_use", "tool_result"):
+        side = "an assistant" if kind == "tool_use" else "a user"
+        raise ValidationError(f"{where}: {kind} blocks belong in {side} turn.")
     raise malformed(f"{where}: unknown content block type {json.dumps(kind)}; expected 'text'")
 
 
@@ -310,11 +408,20 @@ def event_json(event: Event) -> dict[str, Any] | None:
                     "usage": {"input_tokens": event.input_tokens, "output_tokens": 0},
                 },
             }
+        case BlockStart(kind="tool_use"):
+            use = {"type": "tool_use", "id": event.tool_id, "name": event.tool_name, "input": {}}
+            return {"type": "content_block_start", "index": event.index, "content_block": use}
         case BlockStart():
             return {
                 "type": "content_block_start",
                 "index": event.index,
                 "content_block": {"type": "text", "text": ""},
+            }
+        case ToolInputDelta():
+            return {
+                "type": "content_block_delta",
+                "index": event.index,
+                "delta": {"type": "input_json_delta", "partial_json": event.partial_json},
             }
         case TextDelta():
             return {
@@ -401,13 +508,12 @@ def message_json(events: list[Event]) -> dict[str, Any]:
     start = next(e for e in events if isinstance(e, MessageStart))
     delta = next(e for e in events if isinstance(e, MessageDelta))
     stop = next(e for e in events if isinstance(e, MessageStop))
-    text = "".join(e.text for e in events if isinstance(e, TextDelta))
     return {
         "id": start.message_id,
         "type": "message",
         "role": "assistant",
         "model": start.model,
-        "content": [{"type": "text", "text": text}],
+        "content": content_json(events),
         "stop_reason": delta.stop_reason,
         "stop_sequence": delta.stop_sequence,
         "usage": {
@@ -415,3 +521,17 @@ def message_json(events: list[Event]) -> dict[str, Any]:
             "output_tokens": stop.usage.output_tokens,
         },
     }
+
+
+def content_json(events: list[Event]) -> list[dict[str, Any]]:
+    """The message's content blocks; a text-only answer is one text block, even empty."""
+    found = tools.blocks(events)
+    if not tools.has_calls(found):
+        return [{"type": "text", "text": "".join(b.text for b in found)}]
+    return [_block_json(b) for b in found if b.kind == "tool_use" or b.text]
+
+
+def _block_json(b: tools.Block) -> dict[str, Any]:
+    if b.kind == "text":
+        return {"type": "text", "text": b.text}
+    return {"type": "tool_use", "id": b.tool_id, "name": b.tool_name, "input": b.input}

@@ -10,17 +10,24 @@ from typing import Any
 from sluicegate.errors import ValidationError
 from sluicegate.events import (
     EARLY_STOPS,
+    BlockStart,
     BlockStop,
     ChatRequest,
     Event,
+    JsonPart,
     Message,
     MessageDelta,
     MessageStart,
     MessageStop,
     TextDelta,
+    Tool,
+    ToolChoice,
+    ToolInputDelta,
+    ToolResult,
+    ToolUse,
     Usage,
 )
-from sluicegate.translate import anthropic, families
+from sluicegate.translate import anthropic, families, tools
 from sluicegate.translate.anthropic import (
     integer,
     malformed,
@@ -43,8 +50,9 @@ KNOWN_KEYS = {
     "additionalModelResponseFieldPaths",
     "promptVariables",
     "projectIdentifier",
+    "toolConfig",
 }
-UNSUPPORTED_KEYS = {"toolConfig", "guardrailConfig", "outputConfig"}
+UNSUPPORTED_KEYS = {"guardrailConfig", "outputConfig"}
 
 
 def parse_body(model: str, raw: bytes) -> ChatRequest:
@@ -68,15 +76,74 @@ def request_from(model: str, body: dict[str, Any]) -> ChatRequest:
     extra = {} if extra is None else extra
     if not isinstance(config, dict) or not isinstance(extra, dict):
         raise ValidationError("inferenceConfig and additionalModelRequestFields must be objects.")
+    offered, choice = tool_config(body.get("toolConfig"))
+    turns = messages(body.get("messages"))
+    if not offered and any(m.blocks for m in turns):
+        raise ValidationError(
+            "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+        )
     return ChatRequest(
         model=model,
-        messages=messages(body.get("messages")),
+        messages=turns,
         system=system_text(body.get("system", [])),
         max_tokens=integer(config, "maxTokens", 1, default=DEFAULT_MAX_TOKENS),
         temperature=number(config, "temperature", 0.0, 1.0),
         top_p=number(config, "topP", 0.0, 1.0),
         top_k=optional_integer(extra, "top_k", 0),
         stop_sequences=string_list(config, "stopSequences"),
+        tools=offered,
+        tool_choice=choice,
+    )
+
+
+def tool_config(value: Any) -> tuple[tuple[Tool, ...], ToolChoice]:
+    """`toolConfig`: its tools (`toolSpec` entries; cache points skipped) and `toolChoice`."""
+    if value is None:
+        return (), ToolChoice()
+    if not isinstance(value, dict) or not isinstance(value.get("tools"), list):
+        raise ValidationError("toolConfig must be an object with a list of tools.")
+    if not value["tools"]:
+        raise ValidationError("toolConfig.tools must hold at least one tool.")
+    found = tuple(
+        _tool(t, f"toolConfig.tools[{i}]")
+        for i, t in enumerate(value["tools"])
+        if not (isinstance(t, dict) and "cachePoint" in t)
+    )
+    choice = _tool_choice(value.get("toolChoice"))
+    tools.check_tools(found, choice)
+    return found, choice
+
+
+def _tool(entry: Any, where: str) -> Tool:
+    spec = entry.get("toolSpec") if isinstance(entry, dict) else None
+    if not isinstance(spec, dict):
+        kind = next(iter(entry), None) if isinstance(entry, dict) else None
+        raise ValidationError(f"{where}: tools of type {kind!r} are not supported; send toolSpec.")
+    schema = spec.get("inputSchema")
+    if not isinstance(schema, dict) or "json" not in schema:
+        raise ValidationError(f"{where}.toolSpec.inputSchema must be an object with 'json'.")
+    description = spec.get("description", "")
+    if not isinstance(description, str):
+        raise ValidationError(f"{where}.toolSpec.description must be a string.")
+    return Tool(
+        tools.check_name(spec.get("name"), f"{where}.toolSpec.name"),
+        description,
+        tools.check_schema(schema["json"], f"{where}.toolSpec.inputSchema.json"),
+    )
+
+
+def _tool_choice(value: Any) -> ToolChoice:
+    if value is None:
+        return ToolChoice()
+    if isinstance(value, dict) and len(value) == 1:
+        kind, spec = next(iter(value.items()))
+        if kind in ("auto", "any") and isinstance(spec, dict):
+            return ToolChoice(kind)
+        if kind == "tool" and isinstance(spec, dict):
+            return ToolChoice("tool", tools.check_name(spec.get("name"), "toolChoice.tool.name"))
+    raise ValidationError(
+        "toolConfig.toolChoice must be one of {'auto': {}}, {'any': {}} or "
+        "{'tool': {'name': '...'}}."
     )
 
 
@@ -101,9 +168,50 @@ def messages(value: Any) -> tuple[Message, ...]:
         content = m.get("content")
         if not isinstance(content, list) or not content:
             raise ValidationError(f"messages[{i}].content must be a non-empty list of blocks.")
-        text = "".join(block_text(b, f"messages[{i}].content") for b in content)
-        out.append(Message(m["role"], text))
+        out.append(turn(m["role"], content, f"messages[{i}].content"))
     return tuple(out)
+
+
+def turn(role: str, content: list[Any], where: str) -> Message:
+    """A turn's text and its tool blocks (toolUse in an assistant's, toolResult in a user's)."""
+    text: list[str] = []
+    found: list[ToolUse | ToolResult] = []
+    for j, block in enumerate(content):
+        at = f"{where}[{j}]"
+        if isinstance(block, dict) and "toolUse" in block and role == "assistant":
+            found.append(_tool_use(block["toolUse"], f"{at}.toolUse"))
+        elif isinstance(block, dict) and "toolResult" in block and role == "user":
+            found.append(_tool_result(block["toolResult"], f"{at}.toolResult"))
+        else:
+            text.append(block_text(block, where))
+    return Message("user" if role == "user" else "assistant", "".join(text), tuple(found))
+
+
+def _tool_use(value: Any, where: str) -> ToolUse:
+    if not isinstance(value, dict) or not isinstance(value.get("toolUseId"), str):
+        raise ValidationError(f"{where} needs a toolUseId, a name and an input.")
+    name = tools.check_name(value.get("name"), f"{where}.name")
+    return ToolUse(value["toolUseId"], name, value.get("input", {}))
+
+
+def _tool_result(value: Any, where: str) -> ToolResult:
+    if not isinstance(value, dict) or not isinstance(value.get("toolUseId"), str):
+        raise ValidationError(f"{where} needs a toolUseId and a content list.")
+    content = value.get("content")
+    if not isinstance(content, list):
+        raise ValidationError(f"{where}.content must be a list of {{text}} or {{json}} blocks.")
+    parts: list[str | JsonPart] = []
+    for k, part in enumerate(content):
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            parts.append(part["text"])
+        elif isinstance(part, dict) and "json" in part:
+            parts.append(JsonPart(part["json"]))
+        else:
+            raise ValidationError(f"{where}.content[{k}]: send {{text}} or {{json}} blocks.")
+    status = value.get("status", "success")
+    if status not in ("success", "error"):
+        raise ValidationError(f"{where}.status must be 'success' or 'error'.")
+    return ToolResult(value["toolUseId"], tuple(parts), status == "error")
 
 
 def block_text(block: Any, where: str) -> str:
@@ -148,6 +256,17 @@ def stream_event(event: Event) -> tuple[str, dict[str, Any]] | None:
     match event:
         case MessageStart():
             return "messageStart", {"role": "assistant"}
+        case BlockStart(kind="tool_use"):
+            use = {"toolUseId": event.tool_id, "name": event.tool_name}
+            return "contentBlockStart", {
+                "start": {"toolUse": use},
+                "contentBlockIndex": event.index,
+            }
+        case ToolInputDelta():
+            return "contentBlockDelta", {
+                "delta": {"toolUse": {"input": event.partial_json}},
+                "contentBlockIndex": event.index,
+            }
         case TextDelta():
             return "contentBlockDelta", {
                 "delta": {"text": event.text},
@@ -183,13 +302,26 @@ def response_json(events: list[Event]) -> dict[str, Any]:
     stop = next(e for e in events if isinstance(e, MessageStop))
     if delta.stop_reason in EARLY_STOPS:
         raise anthropic.early_stop_error(delta.stop_reason, stop.usage.output_tokens)
-    text = "".join(e.text for e in events if isinstance(e, TextDelta))
     return {
-        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+        "output": {"message": {"role": "assistant", "content": content(events)}},
         "stopReason": delta.stop_reason,
         "usage": usage(stop.usage),
         "metrics": latency(stop),
     }
+
+
+def content(events: list[Event]) -> list[dict[str, Any]]:
+    """The answer's content blocks; a text-only answer is one text block, even empty."""
+    found = tools.blocks(events)
+    if not tools.has_calls(found):
+        return [{"text": "".join(b.text for b in found)}]
+    return [_block(b) for b in found if b.kind == "tool_use" or b.text]
+
+
+def _block(b: tools.Block) -> dict[str, Any]:
+    if b.kind == "text":
+        return {"text": b.text}
+    return {"toolUse": {"toolUseId": b.tool_id, "name": b.tool_name, "input": b.input}}
 
 
 def dumps(payload: dict[str, Any]) -> bytes:

@@ -18,6 +18,7 @@ from sluicegate import errors
 from sluicegate.codecs import jsonbody
 from sluicegate.events import (
     EARLY_STOPS,
+    BlockStart,
     ChatRequest,
     ErrorEvent,
     Event,
@@ -26,13 +27,24 @@ from sluicegate.events import (
     MessageStart,
     MessageStop,
     TextDelta,
+    Tool,
+    ToolChoice,
+    ToolInputDelta,
+    ToolResult,
+    ToolUse,
     Usage,
 )
+from sluicegate.translate import tools
 
 DEFAULT_MAX_TOKENS = 2048
 MAX_STOP = 4  # as OpenAI: "up to 4 sequences"
 DONE = "[DONE]"
-FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+}
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -220,11 +232,14 @@ def turn(role: str, text: str) -> Message:
 
 
 def merge_turns(turns: list[Message]) -> tuple[Message, ...]:
-    """Consecutive turns of one role become one (canonical turns alternate)."""
+    """Consecutive turns of one role become one (canonical turns alternate); tool results
+    are user turns."""
     out: list[Message] = []
     for m in turns:
         if out and out[-1].role == m.role:
-            out[-1] = Message(m.role, out[-1].text + "\n\n" + m.text)
+            last = out[-1]
+            text = "\n\n".join(t for t in (last.text, m.text) if t)
+            out[-1] = Message(m.role, text, last.blocks + m.blocks)
         else:
             out.append(m)
     return tuple(out)
@@ -240,8 +255,11 @@ CHAT_KEYS = {
     "reasoning_effort", "modalities", "prediction", "audio", "web_search_options",
     "prompt_cache_key", "prompt_cache_retention", "safety_identifier", "verbosity",
 }  # fmt: skip
-ROLES = ("system", "developer", "user", "assistant")
-MESSAGE_KEYS = {"role", "content", "name", "refusal", "tool_calls", "function_call", "audio"}
+ROLES = ("system", "developer", "user", "assistant", "tool")
+MESSAGE_KEYS = {
+    "role", "content", "name", "refusal", "tool_calls", "function_call", "audio", "tool_call_id",
+}  # fmt: skip
+FUNCTION_KEYS = {"name", "description", "parameters", "strict"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +289,8 @@ def parse_chat_body(body: Mapping[str, Any]) -> ChatCall:
         )
     stream = bool(boolean(body, "stream"))
     system, turns = chat_messages(body.get("messages"))
+    offered, choice = chat_tools(body.get("tools")), chat_tool_choice(body.get("tool_choice"))
+    _check_tools(offered, choice)
     request = ChatRequest(
         model=string(body, "model", required=True) or "",
         messages=turns,
@@ -280,15 +300,15 @@ def parse_chat_body(body: Mapping[str, Any]) -> ChatCall:
         top_p=number(body, "top_p", 0.0, 1.0),
         stop_sequences=_stop(body.get("stop")),
         seed=integer(body, "seed"),
+        tools=offered,
+        tool_choice=choice,
     )
     return ChatCall(request, stream, _include_usage(body, stream))
 
 
 def _refuse_unsupported_chat(body: Mapping[str, Any]) -> None:
-    for key in ("tools", "functions"):
-        absent_or(body, key, [])
-    for key in ("tool_choice", "function_call"):
-        absent_or(body, key, "none", "auto")
+    absent_or(body, "functions", [])
+    absent_or(body, "function_call", "none", "auto")
     absent_or(body, "logprobs", False)
     absent_or(body, "top_logprobs", 0)
     absent_or(body, "logit_bias", {})
@@ -298,6 +318,68 @@ def _refuse_unsupported_chat(body: Mapping[str, Any]) -> None:
     absent_or(body, "modalities", ["text"])
     for key in ("audio", "prediction", "web_search_options"):
         absent_or(body, key)
+
+
+def chat_tools(value: Any) -> tuple[Tool, ...]:
+    """`tools`: function tools (`{"type": "function", "function": {...}}`)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise invalid_type("tools", "an array of tools", value)
+    return tuple(_function_tool(t, f"tools[{i}]") for i, t in enumerate(value))
+
+
+def _function_tool(tool: Any, where: str) -> Tool:
+    if not isinstance(tool, dict):
+        raise invalid_type(where, "an object", tool)
+    if tool.get("type") != "function":
+        raise unsupported(f"{where}.type", f"a tool of type {json.dumps(tool.get('type'))}")
+    spec = tool.get("function")
+    if not isinstance(spec, dict):
+        raise missing(f"{where}.function")
+    unknown_keys(spec, FUNCTION_KEYS)
+    return function_tool(spec, f"{where}.function")
+
+
+def function_tool(spec: Mapping[str, Any], where: str) -> Tool:
+    """A function's name, description and parameters (Chat's `function`, a Responses tool)."""
+    try:
+        name = tools.check_name(spec.get("name"), f"{where}.name")
+        schema = spec.get("parameters")
+        schema = {"type": "object", "properties": {}} if schema is None else schema
+        checked = tools.check_schema(schema, f"{where}.parameters")
+    except errors.ValidationError as exc:
+        raise InvalidRequest(exc.message, where, "invalid_value") from None
+    description = string(spec, "description") or ""
+    return Tool(name, description, checked)
+
+
+def chat_tool_choice(value: Any) -> ToolChoice:
+    """`tool_choice`: "none", "auto", "required", or a function by name."""
+    if value is None:
+        return ToolChoice()
+    if value in ("none", "auto"):
+        return ToolChoice(value)
+    if value == "required":
+        return ToolChoice("any")
+    function = value.get("function") if isinstance(value, dict) else None
+    if isinstance(value, dict) and value.get("type") == "function":
+        name = (function or value).get("name")  # Chat nests the name; Responses does not
+        if isinstance(name, str):
+            return ToolChoice("tool", name)
+    raise InvalidRequest(
+        "Invalid 'tool_choice': expected 'none', 'auto', 'required' or "
+        '{"type": "function", "function": {"name": ...}}.',
+        "tool_choice",
+        "invalid_value",
+    )
+
+
+def _check_tools(offered: tuple[Tool, ...], choice: ToolChoice) -> None:
+    try:
+        tools.check_tools(offered, choice)
+    except errors.ValidationError as exc:
+        raise InvalidRequest(exc.message, "tool_choice", "invalid_value") from None
 
 
 def _chat_max_tokens(body: Mapping[str, Any]) -> int:
@@ -357,16 +439,20 @@ def chat_messages(messages: Any) -> tuple[str, tuple[Message, ...]]:
     )
 
 
-def conversation(pairs: Iterable[tuple[str, str]], param: str) -> tuple[str, tuple[Message, ...]]:
-    """(system text, the turns) from (role, text) pairs: system and developer ones make the
-    system text, the rest the conversation, which needs a user turn."""
+def conversation(
+    pairs: Iterable[tuple[str, str | Message]], param: str
+) -> tuple[str, tuple[Message, ...]]:
+    """(system text, the turns) from (role, text or turn) pairs: system and developer ones
+    make the system text, the rest the conversation, which needs a user turn."""
     system: list[str] = []
     turns: list[Message] = []
-    for role, text in pairs:
-        if role in ("user", "assistant"):
-            turns.append(turn(role, text))
+    for role, said in pairs:
+        if isinstance(said, Message):
+            turns.append(said)
+        elif role in ("user", "assistant"):
+            turns.append(turn(role, said))
         else:
-            system.append(text)
+            system.append(said)
     if not turns:
         raise InvalidRequest(
             f"Invalid '{param}': add at least one 'user' message.", param, "invalid_value"
@@ -374,24 +460,63 @@ def conversation(pairs: Iterable[tuple[str, str]], param: str) -> tuple[str, tup
     return "\n\n".join(system), merge_turns(turns)
 
 
-def _chat_message(m: Any, where: str) -> tuple[str, str]:
+def _chat_message(m: Any, where: str) -> tuple[str, str | Message]:
     if not isinstance(m, dict):
         raise invalid_type(where, "an object", m)
     role = m.get("role")
-    if role in ("tool", "function"):
-        raise unsupported(f"{where}.role", f"a {role!r} message (tool use)")
+    if role == "function":
+        raise unsupported(f"{where}.role", "a 'function' message (send 'tool' messages)")
     if role not in ROLES:
         raise InvalidRequest(
             f"Invalid value for '{where}.role': {json.dumps(role)}. Supported values are: "
-            "'system', 'developer', 'user', and 'assistant'.",
+            "'system', 'developer', 'user', 'assistant', and 'tool'.",
             f"{where}.role",
             "invalid_value",
         )
     unknown_keys(m, MESSAGE_KEYS)
-    for key in ("tool_calls", "function_call", "audio"):
+    for key in ("function_call", "audio"):
         if m.get(key) not in (None, []):
             raise unsupported(f"{where}.{key}", f"{key} in a message")
+    if role == "tool":
+        call_id = m.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise missing(f"{where}.tool_call_id")
+        result = ToolResult(call_id, (chat_content(m.get("content"), f"{where}.content"),))
+        return role, Message("user", "", (result,))
+    calls = m.get("tool_calls")
+    if role == "assistant" and calls not in (None, []):
+        text = "" if m.get("content") is None else chat_content(m["content"], f"{where}.content")
+        return role, Message("assistant", text, _tool_calls(calls, f"{where}.tool_calls"))
+    if calls not in (None, []):
+        raise unsupported(f"{where}.tool_calls", f"tool_calls in a {role!r} message")
     return role, chat_content(m.get("content"), f"{where}.content")
+
+
+def _tool_calls(calls: Any, where: str) -> tuple[ToolUse, ...]:
+    if not isinstance(calls, list):
+        raise invalid_type(where, "an array of tool calls", calls)
+    out = []
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise missing(f"{where}[{i}].function")
+        call_id, name = call.get("id"), function.get("name")
+        if not isinstance(call_id, str) or not isinstance(name, str):
+            raise missing(
+                f"{where}[{i}].{'id' if not isinstance(call_id, str) else 'function.name'}"
+            )
+        out.append(ToolUse(call_id, name, arguments(function.get("arguments"))))
+    return tuple(out)
+
+
+def arguments(value: Any) -> Any:
+    """A call's `arguments` string as JSON (kept as the string if it is none)."""
+    if not isinstance(value, str):
+        return {} if value is None else value
+    try:
+        return json.loads(value) if value.strip() else {}
+    except ValueError:
+        return value
 
 
 def chat_content(content: Any, where: str) -> str:
@@ -455,6 +580,7 @@ class ChatStream:
         }
         self.include_usage = include_usage
         self.ended = False
+        self.calls: dict[int, int] = {}  # a tool_use block's index -> its tool call's index
 
     def feed(self, event: Event) -> list[str]:
         if self.ended:
@@ -464,6 +590,17 @@ class ChatStream:
                 return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
             case TextDelta() if event.text:
                 return [self._chunk({"content": event.text})]
+            case BlockStart(kind="tool_use"):
+                self.calls[event.index] = len(self.calls)
+                call = tool_call(event.tool_id, event.tool_name, "")
+                return [self._chunk({"tool_calls": [{"index": self.calls[event.index], **call}]})]
+            case ToolInputDelta() if event.index in self.calls:
+                args = {"arguments": event.partial_json}
+                return [
+                    self._chunk(
+                        {"tool_calls": [{"index": self.calls[event.index], "function": args}]}
+                    )
+                ]
             case ErrorEvent():
                 return self._fail(errors.from_event(event.code, event.message))
             case MessageDelta() if event.stop_reason in EARLY_STOPS:
@@ -495,14 +632,18 @@ def completion_json(
     """The whole `chat.completion` of a generation that ended naturally."""
     delta = next((e for e in events if isinstance(e, MessageDelta)), None)
     stop = next((e for e in events if isinstance(e, MessageStop)), MessageStop())
-    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    found = tools.blocks(events)
+    text = "".join(b.text for b in found)
     reason = FINISH.get(delta.stop_reason, "stop") if delta else "stop"
+    calls = [tool_call(b.tool_id, b.tool_name, b.input_json) for b in found if b.kind == "tool_use"]
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": text,
+        "content": text if text or not calls else None,
         "refusal": None,
         "annotations": [],
     }
+    if calls:
+        message["tool_calls"] = calls
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -511,6 +652,14 @@ def completion_json(
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
         "usage": usage_json(stop.usage),
         "system_fingerprint": None,
+    }
+
+
+def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
     }
 
 

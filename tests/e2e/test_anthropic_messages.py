@@ -196,7 +196,10 @@ def test_count_tokens(server: Server) -> None:
         ({"max_tokens": -5, "messages": []}, "messages: expected a non-empty list"),
         ({"max_tokens": -5, "messages": user("hi")}, "max_tokens: -5 is not greater or equal"),
         ({"max_tokens": 5, "messages": user("hi"), "extra_body": {"top_p": 3}}, "top_p: 3 is"),
-        ({"max_tokens": 5, "messages": user("hi"), "tools": []}, "[tools] is not supported"),
+        (
+            {"max_tokens": 5, "messages": user("hi"), "tools": [{"type": "bash_20250124"}]},
+            "server tools ('bash_20250124') are not supported",
+        ),
         (
             {"max_tokens": 5, "messages": user("hi"), "output_config": {}},
             "[output_config] is not supported",

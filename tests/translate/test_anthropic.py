@@ -246,12 +246,12 @@ BAD_BODIES = [
     ),
     (
         seed(messages=[user([{"type": "text", "text": "a"}, {"type": "tool_result"}])]),
-        "#/messages/0/content/1: content blocks of type 'tool_result' are not supported yet",
+        "#/messages/0/content/1: required key [tool_use_id] not found",
     ),
     (seed(system=42), "#/system: expected a string or a list of text blocks"),
     (seed(system=[{"type": "image"}]), "content blocks of type 'image' are not supported yet"),
-    (seed(tools=[]), "[tools] is not supported by sluicegate yet"),
-    (seed(tool_choice={"type": "auto"}), "[tool_choice] is not supported by sluicegate yet"),
+    (seed(tools=[{"type": "web_search_20250305"}]), "server tools ('web_search_20250305')"),
+    (seed(tool_choice={"type": "sometimes"}), "#/tool_choice/type: expected one of"),
     (seed(thinking={"type": "enabled"}), "[thinking] is not supported by sluicegate yet"),
 ]
 
@@ -515,7 +515,7 @@ def test_api_body_accepts_hosting_options_and_ignores_them() -> None:
         (api(messages=[]), "messages: expected a non-empty list of messages"),
         (api(messages=[user([])]), "messages.0.content: expected a string or a non-empty list"),
         (api(messages=[user("a"), user("b")]), "messages: roles must alternate"),
-        (api(tools=[]), "[tools] is not supported by sluicegate yet"),
+        (api(tools=[{"name": "x"}]), "tools.0: required key [input_schema] not found"),
         (api(output_config={}), "[output_config] is not supported by sluicegate yet"),
         (b"[]", "the body must be a JSON object"),
     ],

@@ -164,7 +164,7 @@ def test_explicit_sampling_values_are_kept_even_at_the_edges(value: float) -> No
             "system: content blocks of type 'guardContent' are not supported",
         ),
         ({"messages": [user("a")], "foo": 1}, "Unknown parameter in input: 'foo'."),
-        ({"messages": [user("a")], "toolConfig": {}}, "toolConfig is not supported"),
+        ({"messages": [user("a")], "toolConfig": {}}, "toolConfig must be an object with a list"),
         ({"messages": [user("a")], "guardrailConfig": {}}, "guardrailConfig is not supported"),
         ({"messages": [user("a")], "inferenceConfig": "x"}, "must be objects"),
         ({"messages": [user("a")], "additionalModelRequestFields": [1]}, "must be objects"),

@@ -20,6 +20,8 @@ class OpenAIChat(TextFamily):
     def parse(self, model: str, body: Mapping[str, Any]) -> ChatRequest:
         # Bedrock fills in `model` and `stream` from the call when they are left out.
         call = openai.parse_chat_body({**body, "model": body.get("model") or model})
+        if call.request.tools:
+            raise openai.unsupported("tools", "tool use on this model family's InvokeModel body")
         return call.request
 
     def answer(self, chat: ChatRequest, answer: Answer) -> Json:
