@@ -41,11 +41,13 @@ typecheck: $(TEST_STAMP)
 /usr/bin/chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-# The bus tests start Debian's redis-server on free ports.
+# The bus tests start Debian's redis-server on free ports; the deployment example's, nginx too.
 /usr/bin/redis-server:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+/usr/sbin/nginx:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
 
-unit: $(TEST_STAMP) /usr/bin/chromium /usr/bin/redis-server
+unit: $(TEST_STAMP) /usr/bin/chromium /usr/bin/redis-server /usr/sbin/nginx
 	$(BIN)/python -m pytest -q
 
 screenshot: $(TEST_STAMP) /usr/bin/chromium

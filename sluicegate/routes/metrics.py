@@ -39,7 +39,10 @@ async def generation(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"}, headers=NO_STORE)
+    """Alive; and which replica answered (behind a load balancer, where a request landed)."""
+    return JSONResponse(
+        {"status": "ok", "replica": _gateway(request).bus.replica}, headers=NO_STORE
+    )
 
 
 async def readyz(request: Request) -> Response:
