@@ -92,6 +92,8 @@ class Functions:
         response = await self._respond(name, handler, event, timeout, False)
         if response.status_code == 504:  # the integration timed out: API Gateway's own answer
             return JSONResponse({"message": "Endpoint request timed out"}, 504)
+        if response.status_code == 502:  # the function failed: API Gateway's own answer
+            return JSONResponse({"message": "Internal server error"}, 502)
         return response
 
     async def _respond(
@@ -111,9 +113,14 @@ class Functions:
         except errors.ModelTimeout as exc:
             log.error("%s: %s", name, exc.message)
             return JSONResponse({"Message": exc.message}, 504)
-        except Exception as exc:
+        except functions.FunctionError as exc:  # Lambda's own verdict on the result
+            log.error("function %s: %s", name, exc)
+            return JSONResponse({"Message": str(exc)}, 502)
+        except Exception:
+            # Public endpoints: the error and its stack trace go to the log, never to whoever
+            # called (the Lambda API's `invoke` gives them to the authorized caller).
             log.exception("function %s failed", name)
-            return JSONResponse(functions.error_payload(exc), 502)
+            return Response("Internal Server Error", 502, media_type="text/plain")
         return _with_cookies(Response(body, result.status, headers=result.headers), result)
 
     def _streamed(
