@@ -258,6 +258,7 @@ CHAT_KEYS = {
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MESSAGE_KEYS = {
     "role", "content", "name", "refusal", "tool_calls", "function_call", "audio", "tool_call_id",
+    "annotations",
 }  # fmt: skip
 FUNCTION_KEYS = {"name", "description", "parameters", "strict"}
 
