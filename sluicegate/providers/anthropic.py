@@ -11,12 +11,16 @@ import httpx
 
 from sluicegate import errors
 from sluicegate.config import UpstreamSettings
-from sluicegate.events import ChatRequest, StopReason
+from sluicegate.events import ChatRequest, Message, StopReason, ToolChoice, ToolResult, ToolUse
 from sluicegate.generation import Meter
-from sluicegate.providers.upstream import Finish, Upstream
+from sluicegate.providers.upstream import Finish, Piece, ToolInput, ToolStart, Upstream
 
 API_VERSION = "2023-06-01"
-FINISHES: dict[str, StopReason] = {"max_tokens": "max_tokens", "stop_sequence": "stop_sequence"}
+FINISHES: dict[str, StopReason] = {
+    "max_tokens": "max_tokens",
+    "stop_sequence": "stop_sequence",
+    "tool_use": "tool_use",
+}
 # In-band error types, as ours.
 ERRORS: dict[str, type[errors.SluicegateError]] = {
     "overloaded_error": errors.ServiceUnavailable,
@@ -44,7 +48,7 @@ class AnthropicProvider(Upstream):
             headers["x-api-key"] = key
         return self.client.build_request("POST", self.url, json=body(request), headers=headers)
 
-    async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[str | Finish]:
+    async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
         async for event in self.sse(response, meter):
             data = _json(event.data)
             kind = data.get("type")
@@ -53,9 +57,16 @@ class AnthropicProvider(Upstream):
                 cls = ERRORS.get(str(error.get("type")), errors.ModelStreamError)
                 raise cls(f"Provider {self.name} failed: {error.get('message', event.data)}")
             if kind == "content_block_delta":
-                text = data.get("delta", {}).get("text")
+                delta = data.get("delta", {})
+                text, fragment = delta.get("text"), delta.get("partial_json")
                 if isinstance(text, str):
                     yield text
+                if isinstance(fragment, str) and fragment:
+                    yield ToolInput(fragment)
+            elif kind == "content_block_start":
+                block = data.get("content_block", {})
+                if block.get("type") == "tool_use":
+                    yield ToolStart(str(block.get("id", "")), str(block.get("name", "")))
             elif kind in ("message_start", "message_delta"):
                 finish = _usage_and_reason(data, meter)
                 if finish is not None:
@@ -70,9 +81,15 @@ def body(request: ChatRequest) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens,
-        "messages": [{"role": m.role, "content": m.text} for m in request.messages],
+        "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],
         "stream": True,
     }
+    if request.tools:
+        out["tools"] = [
+            {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+            for t in request.tools
+        ]
+        out["tool_choice"] = _tool_choice(request.tool_choice)
     optional = {
         "system": request.system or None,
         "temperature": request.temperature,
@@ -82,6 +99,29 @@ def body(request: ChatRequest) -> dict[str, Any]:
     }
     out.update({k: v for k, v in optional.items() if v is not None})
     return out
+
+
+def _tool_choice(choice: ToolChoice) -> dict[str, Any]:
+    if choice.kind == "tool":
+        return {"type": "tool", "name": choice.name}
+    return {"type": choice.kind}
+
+
+def _content(m: Message) -> str | list[dict[str, Any]]:
+    """A turn's text, or its blocks: a user's tool results first, an assistant's calls last."""
+    if not m.blocks:
+        return m.text
+    text = [{"type": "text", "text": m.text}] if m.text else []
+    uses = [
+        {"type": "tool_use", "id": b.id, "name": b.name, "input": b.input}
+        for b in m.blocks if isinstance(b, ToolUse)
+    ]  # fmt: skip
+    results = [
+        {"type": "tool_result", "tool_use_id": b.tool_use_id, "is_error": b.is_error,
+         "content": [{"type": "text", "text": b.text}] if b.text else ""}
+        for b in m.blocks if isinstance(b, ToolResult)
+    ]  # fmt: skip
+    return [*results, *text, *uses]
 
 
 def _json(data: str) -> dict[str, Any]:

@@ -16,13 +16,26 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from sluicegate import errors
-from sluicegate.codecs.eventstream import EventStreamDecoder, EventStreamError, Message
+from sluicegate.codecs import eventstream
+from sluicegate.codecs.eventstream import EventStreamDecoder, EventStreamError
 from sluicegate.config import UpstreamSettings
-from sluicegate.events import ChatRequest, StopReason
+from sluicegate.events import (
+    ChatRequest,
+    JsonPart,
+    Message,
+    StopReason,
+    ToolChoice,
+    ToolResult,
+    ToolUse,
+)
 from sluicegate.generation import Meter
-from sluicegate.providers.upstream import Finish, Upstream
+from sluicegate.providers.upstream import Finish, Piece, ToolInput, ToolStart, Upstream
 
-FINISHES: dict[str, StopReason] = {"max_tokens": "max_tokens", "stop_sequence": "stop_sequence"}
+FINISHES: dict[str, StopReason] = {
+    "max_tokens": "max_tokens",
+    "stop_sequence": "stop_sequence",
+    "tool_use": "tool_use",
+}
 # Exception frames by their :exception-type, as ours.
 EXCEPTIONS: dict[str, type[errors.SluicegateError]] = {
     "throttlingException": errors.Throttled,
@@ -60,12 +73,20 @@ class BedrockProvider(Upstream):
         SigV4Auth(credentials.get_frozen_credentials(), "bedrock", self.region).add_auth(aws)
         return self.client.build_request("POST", url, content=payload, headers=dict(aws.headers))
 
-    async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[str | Finish]:
+    async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
         async for kind, data in self._events(response, meter):
             if kind == "contentBlockDelta":
-                text = data.get("delta", {}).get("text")
+                delta = data.get("delta", {})
+                text = delta.get("text")
                 if isinstance(text, str):
                     yield text
+                fragment = (delta.get("toolUse") or {}).get("input")
+                if isinstance(fragment, str) and fragment:
+                    yield ToolInput(fragment)
+            elif kind == "contentBlockStart":
+                use = data.get("start", {}).get("toolUse")
+                if isinstance(use, dict):
+                    yield ToolStart(str(use.get("toolUseId", "")), str(use.get("name", "")))
             elif kind == "messageStop":
                 yield Finish(FINISHES.get(str(data.get("stopReason")), "end_turn"))
             elif kind == "metadata":
@@ -83,7 +104,7 @@ class BedrockProvider(Upstream):
             for message in messages:
                 yield self._event(message)
 
-    def _event(self, message: Message) -> tuple[str, dict[str, Any]]:
+    def _event(self, message: eventstream.Message) -> tuple[str, dict[str, Any]]:
         headers = message.headers
         try:
             data = json.loads(message.payload or b"{}")
@@ -107,14 +128,48 @@ def body(request: ChatRequest) -> dict[str, Any]:
     if request.stop_sequences:
         config["stopSequences"] = list(request.stop_sequences)
     out: dict[str, Any] = {
-        "messages": [{"role": m.role, "content": [{"text": m.text}]} for m in request.messages],
+        "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],
         "inferenceConfig": config,
     }
+    if request.tools:
+        specs = [
+            {"toolSpec": {"name": t.name, "description": t.description or t.name,
+                          "inputSchema": {"json": t.input_schema}}}
+            for t in request.tools
+        ]  # fmt: skip
+        out["toolConfig"] = {"tools": specs, **_tool_choice(request.tool_choice)}
     if request.system:
         out["system"] = [{"text": request.system}]
     if request.top_k is not None:
         out["additionalModelRequestFields"] = {"top_k": request.top_k}
     return out
+
+
+def _tool_choice(choice: ToolChoice) -> dict[str, Any]:
+    """Converse's toolChoice; it has no word for none (the tools stay, the model chooses)."""
+    if choice.kind == "tool":
+        return {"toolChoice": {"tool": {"name": choice.name}}}
+    if choice.kind == "any":
+        return {"toolChoice": {"any": {}}}
+    return {}
+
+
+def _content(m: Message) -> list[dict[str, Any]]:
+    """A turn's blocks: a user's tool results before its text, an assistant's calls after."""
+    text = [{"text": m.text}] if m.text or not m.blocks else []
+    uses = [
+        {"toolUse": {"toolUseId": b.id, "name": b.name, "input": b.input}}
+        for b in m.blocks if isinstance(b, ToolUse)
+    ]  # fmt: skip
+    results = [_result(b) for b in m.blocks if isinstance(b, ToolResult)]
+    return [*results, *text, *uses]
+
+
+def _result(r: ToolResult) -> dict[str, Any]:
+    parts = [{"json": p.value} if isinstance(p, JsonPart) else {"text": p} for p in r.content]
+    status = {"status": "error"} if r.is_error else {}
+    return {"toolResult": {"toolUseId": r.tool_use_id, "content": parts or [{"text": ""}],
+                           **status}}  # fmt: skip
 
 
 def _usage(data: dict[str, Any], meter: Meter) -> None:

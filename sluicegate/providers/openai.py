@@ -11,11 +11,13 @@ import httpx
 
 from sluicegate import errors
 from sluicegate.config import UpstreamSettings
-from sluicegate.events import ChatRequest, StopReason
+from sluicegate.events import ChatRequest, Message, StopReason, ToolResult, ToolUse
 from sluicegate.generation import Meter
-from sluicegate.providers.upstream import Finish, Upstream
+from sluicegate.providers.upstream import Finish, Piece, ToolInput, ToolStart, Upstream
 
-FINISHES: dict[str, StopReason] = {"length": "max_tokens"}  # stop, content_filter...: end_turn
+# stop, content_filter...: end_turn
+FINISHES: dict[str, StopReason] = {"length": "max_tokens", "tool_calls": "tool_use"}
+CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
 
 class OpenAIProvider(Upstream):
@@ -35,8 +37,10 @@ class OpenAIProvider(Upstream):
             headers["authorization"] = f"Bearer {key}"
         return self.client.build_request("POST", self.url, json=body(request), headers=headers)
 
-    async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[str | Finish]:
-        """Each chunk's text until [DONE]; an error chunk or an unreadable one is in-band."""
+    async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
+        """Each chunk's text and tool calls until [DONE]; an error chunk or an unreadable one
+        is in-band."""
+        calls: set[int] = set()  # the tool calls' indexes seen so far
         async for event in self.sse(response, meter):
             if event.data.strip() == "[DONE]":
                 return
@@ -44,6 +48,8 @@ class OpenAIProvider(Upstream):
             _usage(chunk, meter)
             for text in _texts(chunk):
                 yield text
+            for piece in _tool_pieces(chunk, calls):
+                yield piece
             finish = _choice(chunk).get("finish_reason")
             if isinstance(finish, str):
                 yield Finish(FINISHES.get(finish, "end_turn"))
@@ -67,10 +73,11 @@ class OpenAIProvider(Upstream):
 
 def body(request: ChatRequest) -> dict[str, Any]:
     """The Chat Completions request; sampling the client left unset stays unset upstream."""
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
-    messages += [{"role": m.role, "content": m.text} for m in request.messages]
+    for m in request.messages:
+        messages += _messages(m)
     out: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
@@ -86,6 +93,55 @@ def body(request: ChatRequest) -> dict[str, Any]:
         "stop": list(request.stop_sequences) or None,
     }
     out.update({k: v for k, v in optional.items() if v is not None})
+    if request.tools:
+        out["tools"] = [
+            {"type": "function", "function": {"name": t.name, "description": t.description,
+                                              "parameters": t.input_schema}}
+            for t in request.tools
+        ]  # fmt: skip
+        choice = request.tool_choice
+        out["tool_choice"] = CHOICES.get(choice.kind) or {
+            "type": "function",
+            "function": {"name": choice.name},
+        }
+    return out
+
+
+def _messages(m: Message) -> list[dict[str, Any]]:
+    """One canonical turn as Chat messages: tool results are `tool` messages of their own."""
+    uses = [b for b in m.blocks if isinstance(b, ToolUse)]
+    if m.role == "assistant" and uses:
+        calls = [
+            {"id": u.id, "type": "function",
+             "function": {"name": u.name, "arguments": json.dumps(u.input, ensure_ascii=False)}}
+            for u in uses
+        ]  # fmt: skip
+        return [{"role": "assistant", "content": m.text or None, "tool_calls": calls}]
+    results = [
+        {"role": "tool", "tool_call_id": r.tool_use_id,
+         "content": ("Error: " if r.is_error else "") + r.text}
+        for r in m.blocks if isinstance(r, ToolResult)
+    ]  # fmt: skip
+    return [*results, *([{"role": m.role, "content": m.text}] if m.text or not results else [])]
+
+
+def _tool_pieces(chunk: dict[str, Any], calls: set[int]) -> list[Piece]:
+    """A chunk's tool call deltas: a call seen first starts (id and name), then its arguments."""
+    delta = _choice(chunk).get("delta")
+    found = delta.get("tool_calls") if isinstance(delta, dict) else None
+    out: list[Piece] = []
+    for call in found if isinstance(found, list) else []:
+        function = call.get("function") if isinstance(call, dict) else None
+        function = function if isinstance(function, dict) else {}
+        index = call.get("index", len(calls)) if isinstance(call, dict) else len(calls)
+        if index not in calls:
+            calls.add(index)
+            out.append(
+                ToolStart(str(call.get("id") or f"call_{index}"), str(function.get("name") or ""))
+            )
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            out.append(ToolInput(arguments))
     return out
 
 

@@ -33,6 +33,7 @@ from sluicegate.events import (
     MessageStop,
     StopReason,
     TextDelta,
+    ToolInputDelta,
 )
 from sluicegate.generation import Meter
 
@@ -63,6 +64,48 @@ class Finish:
     """The upstream's own end of the answer, among its text pieces."""
 
     reason: StopReason
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStart:
+    """The upstream starts a tool call (its input follows as ToolInput pieces)."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInput:
+    partial_json: str
+
+
+# What an upstream's answer is read as: text, tool calls, and its end.
+Piece = str | Finish | ToolStart | ToolInput
+
+
+class Blocks:
+    """Numbers an answer's content blocks as they come: the text block the answer opens with
+    (index 0), and a new block for each tool call and for text after one."""
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.kind = "text"
+
+    def feed(self, piece: str | ToolStart | ToolInput) -> list[Event]:
+        if isinstance(piece, ToolStart):
+            return [*self._next(), BlockStart(self.index, "tool_use", piece.id, piece.name)]
+        if isinstance(piece, ToolInput):
+            return [ToolInputDelta(piece.partial_json, self.index)] if self.kind != "text" else []
+        opened = [] if self.kind == "text" else [*self._next("text"), BlockStart(self.index)]
+        return [*opened, TextDelta(piece, self.index)]
+
+    def _next(self, kind: str = "tool_use") -> list[Event]:
+        stop = BlockStop(self.index)
+        self.index, self.kind = self.index + 1, kind
+        return [stop]
+
+    def close(self) -> list[Event]:
+        return [BlockStop(self.index)]
 
 
 class Upstream:
@@ -109,7 +152,7 @@ class Upstream:
     def outgoing(self, request: ChatRequest) -> httpx.Request:
         raise NotImplementedError
 
-    def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[str | Finish]:
+    def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
         raise NotImplementedError
 
     async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
@@ -121,7 +164,7 @@ class Upstream:
         response: httpx.Response | None = None
         try:
             response = await self.open(outgoing, meter)
-            source: AsyncIterator[str | Finish]
+            source: AsyncIterator[Piece]
             if self.settings.on_disconnect == "drain":
                 source = self._drained(response, meter)
                 response, release = None, _nothing  # the reader closes and releases them
@@ -130,26 +173,27 @@ class Upstream:
             for event in opening():
                 yield event
             reason: StopReason = "end_turn"
+            blocks = Blocks()
             async for piece in source:
                 if isinstance(piece, Finish):
                     reason = piece.reason
                 elif piece:
-                    meter.usage.output_tokens += 1  # a piece a token, until usage says
-                    yield TextDelta(piece)
-            for event in ending(reason):
+                    if not isinstance(piece, ToolStart):
+                        meter.usage.output_tokens += 1  # a piece a token, until usage says
+                    for event in blocks.feed(piece):
+                        yield event
+            for event in [*blocks.close(), MessageDelta(reason), MessageStop()]:
                 yield event
         finally:
             if response is not None:
                 await response.aclose()
             release()
 
-    def _drained(
-        self, response: httpx.Response, meter: Meter
-    ) -> AsyncGenerator[str | Finish, None]:
+    def _drained(self, response: httpx.Response, meter: Meter) -> AsyncGenerator[Piece, None]:
         """The pieces, read by a task of their own (started now) that goes on to the end,
         within the deadlines, if the consumer leaves: the usage is then what the upstream
         bills, and what was counted after the generation ended is reported late."""
-        queue: asyncio.Queue[str | Finish | BaseException | None] = asyncio.Queue()
+        queue: asyncio.Queue[Piece | BaseException | None] = asyncio.Queue()
         consumer = {"ended": False, "counted": 0}
 
         async def read() -> None:
@@ -170,7 +214,7 @@ class Upstream:
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
 
-        async def consume() -> AsyncGenerator[str | Finish, None]:
+        async def consume() -> AsyncGenerator[Piece, None]:
             try:
                 while (item := await queue.get()) is not None:
                     if isinstance(item, BaseException):
@@ -298,7 +342,3 @@ def _nothing() -> None:
 def opening() -> list[Event]:
     """The upstream accepted: a message starts (input tokens come with its usage at the end)."""
     return [MessageStart("", "", 0), BlockStart()]
-
-
-def ending(reason: StopReason) -> list[Event]:
-    return [BlockStop(), MessageDelta(reason), MessageStop()]
