@@ -30,15 +30,22 @@ from sluicegate.events import (
     MessageStart,
     MessageStop,
     TextDelta,
+    Tool,
+    ToolInputDelta,
+    ToolResult,
+    ToolUse,
     Usage,
 )
 from sluicegate.translate.openai import (
     DEFAULT_MAX_TOKENS,
     InvalidRequest,
     absent_or,
+    arguments,
     boolean,
+    chat_tool_choice,
     conversation,
     early_end,
+    function_tool,
     integer,
     invalid_type,
     missing,
@@ -58,6 +65,9 @@ KEYS = {
     "top_logprobs", "max_tool_calls", "conversation", "prompt",
 }  # fmt: skip
 ITEM_KEYS = {"type", "role", "content", "id", "status", "phase"}
+CALL_KEYS = {"type", "call_id", "name", "arguments", "id", "status"}
+OUTPUT_KEYS = {"type", "call_id", "output", "id", "status"}
+TOOL_KEYS = {"type", "name", "description", "parameters", "strict"}
 # The content part types each role may send.
 PARTS = {
     "user": ("input_text",),
@@ -68,6 +78,7 @@ PARTS = {
 STATUS = {
     "end_turn": "completed",
     "stop_sequence": "completed",
+    "tool_use": "completed",
     "max_tokens": "incomplete",
     "cancelled": "cancelled",
     "disconnected": "cancelled",
@@ -121,20 +132,36 @@ def parse_request(raw: bytes) -> ResponseCall:
         max_tokens=DEFAULT_MAX_TOKENS if max_output is None else max_output,
         temperature=number(body, "temperature", 0.0, 2.0),
         top_p=number(body, "top_p", 0.0, 1.0),
+        tools=_tools(body.get("tools")),
+        tool_choice=chat_tool_choice(body.get("tool_choice")),
     )
     stream = bool(boolean(body, "stream"))
     return ResponseCall(request, instructions, max_output, stream, background, store, metadata)
 
 
 def _refuse_unsupported(body: Mapping[str, Any]) -> None:
-    absent_or(body, "tools", [])
-    absent_or(body, "tool_choice", "none", "auto")
     absent_or(body, "top_logprobs", 0)
     for key in ("previous_response_id", "conversation", "prompt"):
         absent_or(body, key)
     text = body.get("text")
     if isinstance(text, dict) and text.get("format") not in (None, {"type": "text"}):
         raise unsupported("text.format", "a text format other than 'text'")
+
+
+def _tools(value: Any) -> tuple[Tool, ...]:
+    """Function tools (`{"type": "function", "name", "parameters"}`); no hosted ones."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise invalid_type("tools", "an array of tools", value)
+    found = []
+    for i, tool in enumerate(value):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            raise unsupported(f"tools[{i}].type", f"a tool of type {json.dumps(kind)}")
+        unknown_keys(tool, TOOL_KEYS)
+        found.append(function_tool(tool, f"tools[{i}]"))
+    return tuple(found)
 
 
 def input_messages(value: Any) -> tuple[str, tuple[Message, ...]]:
@@ -154,10 +181,12 @@ def input_messages(value: Any) -> tuple[str, tuple[Message, ...]]:
     return conversation((_item(item, f"input[{i}]") for i, item in enumerate(value)), "input")
 
 
-def _item(item: Any, where: str) -> tuple[str, str]:
+def _item(item: Any, where: str) -> tuple[str, str | Message]:
     if not isinstance(item, dict):
         raise invalid_type(where, "an object", item)
     kind = item.get("type", "message")
+    if kind in ("function_call", "function_call_output"):
+        return _call_item(item, where)
     if kind != "message":
         raise unsupported(f"{where}.type", f"an input item of type {json.dumps(kind)}")
     unknown_keys(item, ITEM_KEYS)
@@ -180,6 +209,29 @@ def _item(item: Any, where: str) -> tuple[str, str]:
     return role, "".join(part_text(p, f"{where}[{j}]", PARTS[role]) for j, p in enumerate(content))
 
 
+def _call_item(item: dict[str, Any], where: str) -> tuple[str, Message]:
+    """A function call the model made, or its output, as a turn."""
+    call = item["type"] == "function_call"
+    unknown_keys(item, CALL_KEYS if call else OUTPUT_KEYS)
+    call_id, name = item.get("call_id"), item.get("name")
+    if not isinstance(call_id, str):
+        raise missing(f"{where}.call_id")
+    if call:
+        if not isinstance(name, str):
+            raise missing(f"{where}.name")
+        use = ToolUse(call_id, name, arguments(item.get("arguments")))
+        return "assistant", Message("assistant", "", (use,))
+    output = item.get("output")
+    if isinstance(output, list):
+        where += ".output"
+        output = "".join(
+            part_text(p, f"{where}[{j}]", ("input_text",)) for j, p in enumerate(output)
+        )
+    if not isinstance(output, str):
+        raise invalid_type(f"{where}.output", "a string or an array of input_text parts", output)
+    return "user", Message("user", "", (ToolResult(call_id, (output,) if output else ()),))
+
+
 # -- the Response and its stream ---------------------------------------------------------------
 
 
@@ -196,14 +248,28 @@ class ResponseMeta:
         return "msg_" + self.id.removeprefix("resp_")
 
 
+@dataclass(slots=True)
+class Item:
+    """One output item as it stands: a message's text, or a function call's arguments."""
+
+    kind: str
+    id: str
+    parts: list[str] = field(default_factory=list)
+    call_id: str = ""
+    name: str = ""
+
+
 class ResponseStream:
-    """Canonical events in, numbered Responses stream events out; see the module docstring."""
+    """Canonical events in, numbered Responses stream events out; see the module docstring.
+
+    Each content block is an output item: a text block a message, a tool_use block a
+    function_call; a text block that follows a message's goes on in the same message."""
 
     def __init__(self, meta: ResponseMeta) -> None:
         self.meta = meta
         self.seq = 0
-        self.text: list[str] = []
-        self.item = False  # the output message exists
+        self.items: list[Item] = []
+        self.blocks: dict[int, int] = {}  # a content block's index -> its item's
         self.stop_reason: str | None = None
         self.error: errors.SluicegateError | None = None
         self.usage: Usage | None = None
@@ -213,20 +279,29 @@ class ResponseStream:
         match event:
             case MessageStart():
                 return [self._whole("response.created"), self._whole("response.in_progress")]
+            case BlockStart(kind="tool_use"):
+                return self._call(event)
             case BlockStart():
-                return self._open()
+                return self._open(event.index)
             case TextDelta() if event.text:
-                opened = self._open()
-                self.text.append(event.text)
+                opened = self._open(event.index)
+                n = self.blocks[event.index]
+                self.items[n].parts.append(event.text)
                 delta = self._emit(
-                    "response.output_text.delta", **self._at(), delta=event.text, logprobs=[]
+                    "response.output_text.delta", **self._at(n), delta=event.text, logprobs=[]
                 )
                 return [*opened, delta]
+            case ToolInputDelta() if event.index in self.blocks:
+                n = self.blocks[event.index]
+                self.items[n].parts.append(event.partial_json)
+                at = {"item_id": self.items[n].id, "output_index": n}
+                return [self._emit("response.function_call_arguments.delta", **at,
+                                   delta=event.partial_json)]  # fmt: skip
             case ErrorEvent():
                 self.error = errors.from_event(event.code, event.message)
             case MessageDelta():
                 self.stop_reason = event.stop_reason
-                return self._item_done() if self.item else []
+                return [e for n in range(len(self.items)) for e in self._item_done(n)]
             case MessageStop():
                 self.usage = event.usage
                 self.total_ms = event.metrics.total_ms if event.metrics else None
@@ -247,40 +322,62 @@ class ResponseStream:
     def _whole(self, kind: str) -> dict[str, Any]:
         return self._emit(kind, response=self.snapshot())
 
-    def _at(self) -> dict[str, Any]:
-        return {"item_id": self.meta.item_id, "output_index": 0, "content_index": 0}
+    def _at(self, n: int) -> dict[str, Any]:
+        return {"item_id": self.items[n].id, "output_index": n, "content_index": 0}
 
-    def _open(self) -> list[dict[str, Any]]:
-        """The output message's first events, once."""
-        if self.item:
+    def _open(self, index: int) -> list[dict[str, Any]]:
+        """A text block's message: the last item if it is one, else a new one."""
+        if index in self.blocks:
             return []
-        self.item = True
-        empty = {**self.message(), "content": []}
+        if self.items and self.items[-1].kind == "message":
+            self.blocks[index] = len(self.items) - 1
+            return []
+        n = len(self.items)
+        item_id = self.meta.item_id + (f"_{n}" if n else "")
+        self.items.append(Item("message", item_id))
+        self.blocks[index] = n
+        empty = {**self.item_json(n), "content": []}
         return [
-            self._emit("response.output_item.added", output_index=0, item=empty),
-            self._emit("response.content_part.added", **self._at(), part=_part("")),
+            self._emit("response.output_item.added", output_index=n, item=empty),
+            self._emit("response.content_part.added", **self._at(n), part=_part("")),
         ]
 
-    def _item_done(self) -> list[dict[str, Any]]:
-        text = "".join(self.text)
-        return [
-            self._emit("response.output_text.done", **self._at(), text=text, logprobs=[]),
-            self._emit("response.content_part.done", **self._at(), part=_part(text)),
-            self._emit("response.output_item.done", output_index=0, item=self.message()),
-        ]
+    def _call(self, start: BlockStart) -> list[dict[str, Any]]:
+        n = len(self.items)
+        item_id = "fc_" + self.meta.id.removeprefix("resp_") + f"_{n}"
+        self.items.append(Item("function_call", item_id, [], start.tool_id, start.tool_name))
+        self.blocks[start.index] = n
+        return [self._emit("response.output_item.added", output_index=n, item=self.item_json(n))]
 
-    def message(self) -> dict[str, Any]:
-        """The output message item as it stands."""
+    def _item_done(self, n: int) -> list[dict[str, Any]]:
+        item, text = self.items[n], "".join(self.items[n].parts)
+        if item.kind == "function_call":
+            at = {"item_id": item.id, "output_index": n}
+            out = [self._emit("response.function_call_arguments.done", **at, arguments=text)]
+        else:
+            out = [
+                self._emit("response.output_text.done", **self._at(n), text=text, logprobs=[]),
+                self._emit("response.content_part.done", **self._at(n), part=_part(text)),
+            ]
+        item_done = self._emit("response.output_item.done", output_index=n, item=self.item_json(n))
+        return [*out, item_done]
+
+    def item_json(self, n: int) -> dict[str, Any]:
+        """An output item as it stands."""
         if self.stop_reason is None:
             status = "in_progress"
         else:
             status = "completed" if self.status == "completed" else "incomplete"
+        item, text = self.items[n], "".join(self.items[n].parts)
+        if item.kind == "function_call":
+            return {"type": "function_call", "id": item.id, "call_id": item.call_id,
+                    "name": item.name, "arguments": text, "status": status}  # fmt: skip
         return {
             "type": "message",
-            "id": self.meta.item_id,
+            "id": item.id,
             "status": status,
             "role": "assistant",
-            "content": [_part("".join(self.text))],
+            "content": [_part(text)],
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -301,7 +398,7 @@ class ResponseStream:
             "max_output_tokens": call.max_output_tokens,
             "metadata": call.metadata,
             "model": call.request.model,
-            "output": [self.message()] if self.item else [],
+            "output": [self.item_json(n) for n in range(len(self.items))],
             "parallel_tool_calls": True,
             "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None},

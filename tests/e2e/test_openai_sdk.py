@@ -387,7 +387,7 @@ def test_responses_belong_to_their_caller(server: Server) -> None:
 
 def test_a_bad_responses_request(server: Server) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        sdk(server).responses.create(model="scripted", input=[{"type": "function_call"}])
+        sdk(server).responses.create(model="scripted", input=[{"type": "web_search_call"}])
     assert caught.value.body["param"] == "input[0].type"
 
 

@@ -284,3 +284,25 @@ def test_the_openai_sdk_gets_schema_valid_calls_from_the_embedded_model(server: 
         )  # fmt: skip
         [call] = whole.choices[0].message.tool_calls or []
         jsonschema.validate(json.loads(call.function.arguments), WEATHER_SCHEMA)
+
+
+def test_the_openai_sdk_gets_function_call_items_from_responses(server: Server) -> None:
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="k", max_retries=0)
+    tools = [{"type": "function", "name": "get_weather", "description": "Current weather.",
+              "parameters": WEATHER_SCHEMA}]  # fmt: skip
+    ask = {"role": "user", "content": 'sluicegate:tool=get_weather{"city": "Oslo"}'}
+    whole = client.responses.create(model=SCRIPTED, tools=tools, input=[ask])
+    [call] = [item for item in whole.output if item.type == "function_call"]
+    assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Oslo"})
+    with client.responses.stream(model=SCRIPTED, tools=tools, input=[ask]) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    [streamed] = [item for item in final.output if item.type == "function_call"]
+    assert (streamed.call_id, streamed.arguments) == (call.call_id, call.arguments)
+    assert "response.function_call_arguments.delta" in kinds
+    made = {"type": "function_call", "call_id": call.call_id, "name": call.name,
+            "arguments": call.arguments}  # fmt: skip
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": "-3 C"}
+    followed = [ask, made, output]
+    answer = client.responses.create(model=SCRIPTED, tools=tools, input=followed)
+    assert answer.output_text.startswith("Tool results: -3 C")

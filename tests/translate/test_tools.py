@@ -24,6 +24,7 @@ from sluicegate.events import (
     ToolUse,
 )
 from sluicegate.translate import anthropic, converse, openai, tools
+from sluicegate.translate.openai_responses import ResponseMeta, ResponseStream, parse_request
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -278,3 +279,53 @@ def test_tool_names_must_be_unique() -> None:
     twice = (Tool("a"), Tool("a"))
     with pytest.raises(ValidationError, match="unique"):
         tools.check_tools(twice, ToolChoice())
+
+
+# -- OpenAI Responses ------------------------------------------------------------------------------
+
+
+def test_responses_tools_and_function_call_items_in() -> None:
+    body = {
+        "model": "m",
+        "tools": [{"type": "function", "name": "get_weather", "parameters": SCHEMA}],
+        "tool_choice": {"type": "function", "name": "get_weather"},
+        "input": [
+            {"role": "user", "content": "Weather?"},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather",
+             "arguments": '{"city": "Paris"}'},
+            {"type": "function_call_output", "call_id": "c1", "output": "18 C"},
+        ],
+    }  # fmt: skip
+    request = parse_request(json.dumps(body).encode()).request
+    assert request.tools == (Tool("get_weather", "", SCHEMA),)
+    assert request.tool_choice == ToolChoice("tool", "get_weather")
+    assert request.messages[1].blocks == (ToolUse("c1", "get_weather", {"city": "Paris"}),)
+    assert request.messages[2].blocks == (ToolResult("c1", ("18 C",)),)
+
+
+def test_responses_stream_a_function_call_item() -> None:
+    meta = ResponseMeta("resp_abc", 1000, parse_request(b'{"model": "m", "input": "hi"}'))
+    stream = ResponseStream(meta)
+    out = [e for event in CALL for e in stream.feed(event)]
+    assert [e["type"] for e in out] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in out] == list(range(len(out)))
+    call = out[-1]["response"]["output"][1]
+    assert call == {"type": "function_call", "id": "fc_abc_1", "call_id": "toolu_1",
+                    "name": "get_weather", "arguments": '{"city": "Paris"}',
+                    "status": "completed"}  # fmt: skip
+    assert out[-1]["response"]["status"] == "completed"
