@@ -226,8 +226,12 @@ class LocalProvider:
         Tools offered (unless tool_choice is none) are described in the system turn."""
         turns: list[dict[str, str]] = []
         system = request.system
-        if request.tools and request.tool_choice.kind != "none":
-            system = "\n\n".join(s for s in (system, toolcall.instructions(request.tools)) if s)
+        choice = request.tool_choice.kind
+        if request.tools and choice != "none":
+            last = request.messages[-1]
+            answered = choice == "auto" and any(isinstance(b, ToolResult) for b in last.blocks)
+            offer = toolcall.instructions(request.tools, answered)
+            system = "\n\n".join(s for s in (system, offer) if s)
         if system:
             turns.append({"role": "system", "content": system})
         turns += [{"role": m.role, "content": _content(m)} for m in request.messages]
