@@ -7,18 +7,24 @@ import json
 import typing
 from typing import Any
 
-from sluicegate.events import Event, MessageStop, Metrics, Usage
+from sluicegate.events import Event, MessageStop, Metrics, TextDelta, Usage
 
 TYPES: dict[str, type[Any]] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
 
 def dumps(event: Event) -> bytes:
-    body = {"t": type(event).__name__, **dataclasses.asdict(event)}
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return json.dumps(encode(event), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def encode(event: Event) -> dict[str, Any]:
+    if isinstance(event, TextDelta):  # nearly every event: no generic walk through its fields
+        return {"t": "TextDelta", "text": event.text, "index": event.index}
+    return {"t": type(event).__name__, **dataclasses.asdict(event)}
 
 
 def dumps_many(batch: list[Event]) -> bytes:
-    return b"[" + b",".join(dumps(e) for e in batch) + b"]"
+    body = [encode(e) for e in batch]
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def loads_many(raw: bytes | str) -> list[Event | None]:

@@ -370,8 +370,20 @@ class RedisBus:
         if replica == self.replica:
             asyncio.get_running_loop().call_soon(self._handle, {**message, "from": self.replica})
             return
-        self._unsent.append((channel, {**message, "from": self.replica}))
-        self._wake.set()
+        # At once, not with the writer's next tick: a stop or an @connections call waits on it.
+        # If Redis is away, the writer sends it once it is back.
+        message = {**message, "from": self.replica}
+        task = asyncio.ensure_future(self._publish(channel, message))
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _publish(self, channel: str, message: dict[str, Any]) -> None:
+        try:
+            self.commands += 1
+            await self.redis.publish(channel, json.dumps(message))
+        except (RedisError, OSError):
+            self._unsent.append((channel, message))
+            self._wake.set()
 
     def attached(self, gen_id: str) -> None:
         self.signal("all", {"op": "attached", "gen": gen_id})
