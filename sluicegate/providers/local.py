@@ -226,11 +226,8 @@ class LocalProvider:
         Tools offered (unless tool_choice is none) are described in the system turn."""
         turns: list[dict[str, str]] = []
         system = request.system
-        choice = request.tool_choice.kind
-        if request.tools and choice != "none":
-            last = request.messages[-1]
-            answered = choice == "auto" and any(isinstance(b, ToolResult) for b in last.blocks)
-            offer = toolcall.instructions(request.tools, answered)
+        if request.tools and request.tool_choice.kind != "none":
+            offer = toolcall.instructions(request.tools, toolcall.answered(request))
             system = "\n\n".join(s for s in (system, offer) if s)
         if system:
             turns.append({"role": "system", "content": system})
@@ -269,7 +266,7 @@ class LocalProvider:
     # -- streaming -----------------------------------------------------------------------------
 
     async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
-        grammar = toolcall.grammar(request.tools, request.tool_choice)
+        grammar = toolcall.grammar(request.tools, request.tool_choice, toolcall.answered(request))
         prompt = await self.tokens_of(request)
         queue: asyncio.Queue[tuple[str, int, str | None]] = asyncio.Queue()
         sampling = _sampling(request, self.defaults, grammar)

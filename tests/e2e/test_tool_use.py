@@ -306,3 +306,32 @@ def test_the_openai_sdk_gets_function_call_items_from_responses(server: Server) 
     followed = [ask, made, output]
     answer = client.responses.create(model=SCRIPTED, tools=tools, input=followed)
     assert answer.output_text.startswith("Tool results: -3 C")
+
+
+def test_a_strands_agent_on_the_embedded_model_calls_its_tool_and_answers(
+    server: Server,
+) -> None:
+    from strands import Agent, tool
+    from strands.models import BedrockModel
+
+    asked: list[tuple[str, str]] = []
+
+    @tool
+    def get_weather(city: str, unit: str) -> str:
+        """Current weather in a city.
+
+        Args:
+            city: The city.
+            unit: celsius or fahrenheit.
+        """
+        asked.append((city, unit))
+        return f"18 degrees {unit}, clear sky"
+
+    model = BedrockModel(
+        model_id=EMBEDDED, endpoint_url=server.url, region_name="us-east-1", temperature=0.0,
+        max_tokens=80,
+    )  # fmt: skip
+    agent = Agent(model=model, tools=[get_weather], callback_handler=None)
+    result = agent(QUESTION)
+    assert asked and all(isinstance(city, str) for city, _ in asked)
+    assert result.stop_reason in ("end_turn", "max_tokens") and str(result).strip()
