@@ -86,10 +86,10 @@ def test_streams_end_with_an_error_and_new_requests_get_503(
 def test_serve_exits_with_a_message_when_the_warm_up_fails() -> None:
     script = (
         "import sys\n"
-        "from sluicegate.providers import engine\n"
+        "from sluicegate.providers import llamacpp\n"
         "def broken(self, ctx, batch):\n"
         "    raise RuntimeError('injected: llama_decode returned -3')\n"
-        "engine.Engine._decode = broken\n"
+        "llamacpp.Llama._decode = broken\n"
         "from sluicegate.cli import main\n"
         "sys.argv = ['sluicegate', 'serve', '--port', '1', '--weights', 'file']\n"
         "main()\n"

@@ -15,12 +15,15 @@ import pytest
 
 from sluicegate import errors
 from sluicegate.providers.engine import Engine, EngineConfig, EngineFailed, Sampling, Sequence
+from sluicegate.providers.llamacpp import Llama
 from sluicegate.providers.local import LocalProvider
 from tests.conftest import wait_until
 from tests.providers.test_engine import Collector, sequence, sink
 
 
-class Faulty(Engine):
+class FaultyLlama(Llama):
+    """The llama.cpp layer, whose one decode call fails once `fail` is set."""
+
     fail = False
     countdown: int | None = None  # decodes left before `fail` sets itself
 
@@ -33,8 +36,32 @@ class Faulty(Engine):
         super()._decode(ctx, batch)
 
 
-class FailsAtOnce(Faulty):
+class Faulty(Engine):
+    layer = FaultyLlama
+
+    @property
+    def fail(self) -> bool:
+        return bool(self.llama.fail)  # type: ignore[attr-defined]
+
+    @fail.setter
+    def fail(self, value: bool) -> None:
+        self.llama.fail = value  # type: ignore[attr-defined]
+
+    @property
+    def countdown(self) -> int | None:
+        return self.llama.countdown  # type: ignore[attr-defined,no-any-return]
+
+    @countdown.setter
+    def countdown(self, value: int | None) -> None:
+        self.llama.countdown = value  # type: ignore[attr-defined]
+
+
+class FailsAtOnceLlama(FaultyLlama):
     fail = True
+
+
+class FailsAtOnce(Engine):
+    layer = FailsAtOnceLlama
 
 
 @pytest.fixture

@@ -1,0 +1,291 @@
+"""The one layer that calls llama.cpp: it carries out the scheduler's operations on a context
+(and the solo lane's), samples, and counts cells. Called from the engine thread only."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import secrets
+from typing import Any
+
+import llama_cpp
+from llama_cpp import _internals as llm
+
+from sluicegate.providers.scheduler import (
+    Copy,
+    Decode,
+    EngineConfig,
+    EngineStats,
+    Free,
+    FreeSampler,
+    Op,
+    Sampled,
+    Sampling,
+    Sequence,
+    SoloClear,
+    SoloEnter,
+    SoloLeave,
+)
+
+log = logging.getLogger(__name__)
+
+
+def silence_llama_logs() -> None:
+    """Send llama.cpp's own logging to Python's (debug level) instead of stderr."""
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+class SoloLane:
+    """A one-sequence context on other weights, for a sequence that decodes alone."""
+
+    def __init__(self, model: llm.LlamaModel, n_ctx: int, n_threads: int) -> None:
+        p = llama_cpp.llama_context_default_params()
+        p.n_ctx, p.n_seq_max, p.n_batch, p.n_ubatch = n_ctx, 1, 64, 64
+        p.n_threads = p.n_threads_batch = n_threads
+        p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.no_perf = True
+        self.ctx = llm.LlamaContext(model=model, params=p, verbose=False)
+        self.batch = llm.LlamaBatch(n_tokens=64, embd=0, n_seq_max=1, verbose=False)
+        self.seq: Sequence | None = None
+
+    def enter(self, ctx: Any, seq: Sequence) -> None:
+        """Take `seq` in, with a copy of its cells (they stay in `ctx` too: its retained
+        prompt is still found there)."""
+        self.clear()
+        _move_cells(ctx, seq.slot, self.ctx.ctx, 0)
+        self.seq = seq
+
+    def leave(self, ctx: Any) -> None:
+        """Give the sequence back to `ctx` with every cell it has now."""
+        assert self.seq is not None
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), self.seq.slot, -1, -1)
+        _move_cells(self.ctx.ctx, 0, ctx, self.seq.slot)
+        self.clear()
+
+    def clear(self) -> None:
+        # The cells' metadata only: wiping the buffer itself (data=True) costs tens of ms.
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx.ctx), False)
+        self.seq = None
+
+    def cells(self) -> int:
+        mem = llama_cpp.llama_get_memory(self.ctx.ctx)
+        return int(llama_cpp.llama_memory_seq_pos_max(mem, 0) + 1)
+
+
+def _move_cells(src: Any, src_seq: int, dst: Any, dst_seq: int) -> None:
+    size = llama_cpp.llama_state_seq_get_size(src, src_seq)
+    buf = (ctypes.c_uint8 * size)()
+    written = llama_cpp.llama_state_seq_get_data(src, buf, size, src_seq)
+    if written == 0 or llama_cpp.llama_state_seq_set_data(dst, buf, written, dst_seq) == 0:
+        raise RuntimeError("could not move a sequence's KV cells between contexts")
+
+
+class Llama:
+    """A context (n_parallel sequences and the prefix cache) and its batch, an optional solo
+    lane, and the sampler chains: everything the engine asks of llama.cpp."""
+
+    def __init__(
+        self,
+        model: llm.LlamaModel,
+        config: EngineConfig,
+        stats: EngineStats,
+        solo_model: llm.LlamaModel | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.stats = stats
+        self.unified = config.kv == "unified"
+        self.ctx = llm.LlamaContext(model=model, params=context_params(config), verbose=False)
+        self.batch = llm.LlamaBatch(
+            n_tokens=config.n_batch, embd=0, n_seq_max=config.n_parallel + 1, verbose=False
+        )
+        self.n_ctx_seq = min(config.n_ctx, model.n_ctx_train())
+        self.solo: SoloLane | None = None
+        if solo_model is not None and config.solo and self.unified:
+            self.solo = SoloLane(solo_model, self.n_ctx_seq, config.n_threads)
+        self.kv_used = 0  # as last counted, after every change to the cells
+        self._buf = ctypes.create_string_buffer(256)
+
+    def warm_up(self) -> None:
+        """Run a prompt-sized and a token-sized batch once, so the first request is not the one
+        that pages the weights in and sizes the compute buffers."""
+        b = self.batch.batch
+        for size in (min(64, self.config.n_batch), 1):
+            for i in range(size):
+                _put(b, i, (self.model.token_bos(), i, (0,), i == size - 1))
+            b.n_tokens = size
+            self._decode(self.ctx.ctx, b)
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx.ctx), True)
+        if self.solo is not None:
+            sb = self.solo.batch.batch
+            _put(sb, 0, (self.model.token_bos(), 0, (0,), True))
+            sb.n_tokens = 1
+            self._decode(self.solo.ctx.ctx, sb)
+            self.solo.clear()
+
+    def _decode(self, ctx: Any, batch: Any) -> None:
+        """llama_decode, with every failure raised (the one place a decode happens)."""
+        rc = llama_cpp.llama_decode(ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+
+    # -- carrying out the scheduler's operations ------------------------------------------
+
+    def run(self, op: Op) -> Sampled | None:
+        match op:
+            case Decode():
+                return self.decode(op)
+            case Free(slot):
+                llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+                self.kv_used = self.count_cells()
+            case Copy(src, dst, p0, p1):
+                self.copy(src, dst, p0, p1)
+            case SoloEnter(seq):
+                assert self.solo is not None
+                self.solo.enter(self.ctx.ctx, seq)
+            case SoloLeave():
+                assert self.solo is not None
+                self.solo.leave(self.ctx.ctx)
+            case SoloClear():
+                assert self.solo is not None
+                self.solo.clear()
+            case FreeSampler(seq):
+                self.free_sampler(seq)
+        return None
+
+    def decode(self, op: Decode) -> Sampled:
+        solo = self.solo if op.solo else None
+        ctx = solo.ctx.ctx if solo is not None else self.ctx.ctx
+        b = solo.batch.batch if solo is not None else self.batch.batch
+        for n, row in enumerate(op.rows):
+            _put(b, n, row)
+        b.n_tokens = len(op.rows)
+        self._decode(ctx, b)
+        return [self.sample(seq, i, ctx) for i, seq in op.outputs]
+
+    def sample(self, seq: Sequence, i: int, ctx: Any) -> tuple[int, bool, bytes]:
+        token = int(llama_cpp.llama_sampler_sample(seq.sampler, ctx, i))
+        if llama_cpp.llama_vocab_is_eog(self.model.vocab, token):
+            return token, True, b""
+        return token, False, self.piece(token)
+
+    def piece(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(
+            self.model.vocab, token, self._buf, len(self._buf), 0, False
+        )
+        return self._buf.raw[:n]
+
+    def copy(self, src: int, dst: int, p0: int, p1: int) -> None:
+        """Give `dst` the cells of `src` for positions [p0, p1) (dst's later ones are dropped).
+
+        In a unified buffer the cells just gain a sequence id. Between per-sequence buffers
+        llama.cpp copies whole buffers only: copy all, then drop what lies past p1 (the common
+        prefix makes dst's own cells before p0 the same as src's)."""
+        mem = self._memory
+        llama_cpp.llama_memory_seq_rm(mem, dst, p0, -1)
+        if self.unified:
+            llama_cpp.llama_memory_seq_cp(mem, src, dst, p0, p1)
+        else:
+            llama_cpp.llama_memory_seq_cp(mem, src, dst, -1, -1)
+            llama_cpp.llama_memory_seq_rm(mem, dst, p1, -1)
+
+    @property
+    def _memory(self) -> Any:
+        return llama_cpp.llama_get_memory(self.ctx.ctx)
+
+    def count_cells(self) -> int:
+        mem = self._memory
+        used = sum(
+            llama_cpp.llama_memory_seq_pos_max(mem, s) + 1 for s in range(self.config.n_parallel)
+        )
+        return int(used) + (self.solo.cells() if self.solo is not None else 0)
+
+    # -- samplers --------------------------------------------------------------------------
+
+    def start(self, seq: Sequence) -> bool:
+        """Give a sequence its sampler chain (a preempted one keeps its own); False if
+        llama.cpp refuses it (a grammar it cannot parse)."""
+        if seq.sampler is not None:
+            return True
+        try:
+            seq.sampler = sampler_chain(seq.sampling, self.model.vocab)
+        except ValueError:
+            log.exception("sequence %s: no sampler", seq.key)
+            return False
+        self.stats.samplers += 1
+        return True
+
+    def free_sampler(self, seq: Sequence) -> None:
+        if seq.sampler is not None:
+            llama_cpp.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+            self.stats.samplers -= 1
+
+    def kv_bytes(self) -> int:
+        """Memory the KV cache takes (f16 keys and values, every layer, every cell)."""
+        m = self.model.model
+        heads, kv_heads = llama_cpp.llama_model_n_head(m), llama_cpp.llama_model_n_head_kv(m)
+        per_cell = llama_cpp.llama_model_n_layer(m) * 2 * llama_cpp.llama_model_n_embd(m)
+        cells = self.config.n_ctx * (1 if self.unified else self.config.n_parallel + 1)
+        return int(cells * per_cell * kv_heads // heads * 2)
+
+
+def context_params(config: EngineConfig) -> Any:
+    p = llama_cpp.llama_context_default_params()
+    p.n_seq_max = config.n_parallel + 1
+    p.kv_unified = config.kv == "unified"
+    p.n_ctx = config.n_ctx if p.kv_unified else config.n_ctx * p.n_seq_max
+    p.n_batch = p.n_ubatch = config.n_batch
+    p.n_threads = p.n_threads_batch = config.n_threads
+    # Measured on 2 cores: no faster with flash attention, and without it a sequence's
+    # logits do not depend on its batch neighbours (only on where its cells lie).
+    p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    p.no_perf = True
+    return p
+
+
+def _put(b: Any, n: int, row: tuple[int, int, tuple[int, ...], bool]) -> None:
+    token, pos, slots, logits = row
+    b.token[n] = token
+    b.pos[n] = pos
+    b.n_seq_id[n] = len(slots)
+    for i, slot in enumerate(slots):
+        b.seq_id[n][i] = slot
+    b.logits[n] = logits
+
+
+def sampler_chain(s: Sampling, vocab: Any) -> Any:
+    grammar = None if s.grammar is None else grammar_sampler(vocab, s.grammar)
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+    def add(x: Any) -> None:
+        llama_cpp.llama_sampler_chain_add(chain, x)
+
+    if grammar is not None:
+        # First in the chain: the other samplers then choose among allowed tokens only.
+        add(grammar)
+
+    if s.temperature <= 0:
+        add(llama_cpp.llama_sampler_init_greedy())
+        return chain
+    if s.top_k > 0:
+        add(llama_cpp.llama_sampler_init_top_k(s.top_k))
+    if s.top_p < 1.0:
+        add(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
+    add(llama_cpp.llama_sampler_init_temp(s.temperature))
+    seed = s.seed if s.seed is not None else secrets.randbits(32)
+    add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    return chain
+
+
+def grammar_sampler(vocab: Any, grammar: str) -> Any:
+    """llama.cpp's grammar sampler for a GBNF text; ValueError if llama.cpp cannot parse it."""
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    if not sampler:
+        raise ValueError("llama.cpp could not parse the grammar")
+    return sampler
