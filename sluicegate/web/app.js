@@ -161,6 +161,7 @@ function onMessage(msg) {
     queueText(turn, msg.text);
   } else if (msg.type === "end") {
     flush();
+    if (turn.status !== "streaming") return;  // already ended by an error sent before it
     turn.status = msg.stop_reason === "cancelled" ? "stopped" : "done";
     turn.stopReason = msg.stop_reason;
     turn.usage = msg.usage;
@@ -173,10 +174,14 @@ function onMessage(msg) {
 function fail(turn, msg) {
   flush();
   const gone = msg.code === "ResourceNotFoundException" && turn.resumed;
-  turn.status = gone ? "interrupted" : "error";
+  // The server shutting down (or a replica lost) ends an answer it could not finish.
+  const cut = msg.code === "ServiceUnavailableException";
+  turn.status = gone || cut ? "interrupted" : "error";
   turn.error = gone
     ? "The connection dropped and the server no longer has the rest of this answer."
-    : `${TITLES[msg.code] || "Something went wrong"}: ${msg.message}`;
+    : cut
+      ? `The server could not finish this answer: ${msg.message}`
+      : `${TITLES[msg.code] || "Something went wrong"}: ${msg.message}`;
   finish(turn);
 }
 
