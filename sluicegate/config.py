@@ -59,6 +59,8 @@ class EngineSettings(Strict):
     n_batch: int = Field(512, ge=32)
     prefill_chunk: int = Field(128, ge=1)
     n_threads: int = Field(2, ge=1)
+    # One thread while another busy process shares the cores (see providers/llamacpp.Threads).
+    adaptive_threads: bool = True
     max_queue: int = Field(256, ge=0)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import secrets
+import time
 from typing import Any
 
 import llama_cpp
@@ -77,6 +78,67 @@ class SoloLane:
         return int(llama_cpp.llama_memory_seq_pos_max(mem, 0) + 1)
 
 
+class Threads:
+    """How many threads decodes use (the batch context's and the solo lane's alike): all the
+    engine was given, or one while the cores are shared. llama.cpp's threads spin at every
+    barrier; with another busy process on the same cores, a thread waits a whole time slice
+    for its partner and a step can take 100 times longer. So each decode is timed (by context
+    and batch size class): when steps at full width get much slower than they were, decodes go
+    down to one thread, which never waits for another; from there a step at full width is
+    tried now and then (backing off while it loses), and they go back up as soon as it wins."""
+
+    SLOWER = 3.0  # steps this many times slower than the best seen: the cores are shared
+    STALLED = 10.0  # one step this many times slower: shared, no need to wait for more
+    ALPHA = 0.3  # weight of the newest step in each running mean
+    FIRST_PROBE, LAST_PROBE = 2.0, 30.0  # seconds between probes at full width, doubling
+
+    def __init__(self, most: int, clock: Any = time.monotonic) -> None:
+        self.most = most
+        self.n = most
+        self.clock = clock
+        self.mean: dict[tuple[int, tuple[bool, int]], float] = {}
+        self.best: dict[tuple[bool, int], float] = {}
+        self.probe_at = 0.0
+        self.backoff = self.FIRST_PROBE
+        self.switches = 0
+
+    def choose(self) -> int:
+        """The thread count for the next decode (of any context: the cores are the same)."""
+        if self.n != self.most and self.clock() >= self.probe_at:
+            return self.most  # a probe: does full width win again?
+        return self.n
+
+    def record(self, n: int, solo: bool, rows: int, seconds: float) -> None:
+        size = (solo, _size_class(rows))
+        key = (n, size)
+        old = self.mean.get(key)
+        self.mean[key] = seconds if old is None else old + self.ALPHA * (seconds - old)
+        if n == self.most and self.n == self.most:
+            best = self.best.get(size)
+            self.best[size] = self.mean[key] if best is None else min(best, self.mean[key])
+            stalled = seconds > self.STALLED * self.best[size]
+            if self.most > 1 and (stalled or self.mean[key] > self.SLOWER * self.best[size]):
+                self._go(1)
+        elif n == self.most:  # a probe from one thread
+            one = self.mean.get((1, size))
+            if one is not None and seconds < one:
+                self.mean[key] = seconds
+                self.backoff = self.FIRST_PROBE
+                self._go(self.most)
+            else:
+                self.backoff = min(self.backoff * 2, self.LAST_PROBE)
+                self.probe_at = self.clock() + self.backoff
+
+    def _go(self, n: int) -> None:
+        self.n = n
+        self.switches += 1
+        self.probe_at = self.clock() + self.backoff
+
+
+def _size_class(rows: int) -> int:
+    return 0 if rows <= 16 else 1 if rows <= 128 else 2
+
+
 def _move_cells(src: Any, src_seq: int, dst: Any, dst_seq: int) -> None:
     size = llama_cpp.llama_state_seq_get_size(src, src_seq)
     buf = (ctypes.c_uint8 * size)()
@@ -109,6 +171,8 @@ class Llama:
         if solo_model is not None and config.solo and self.unified:
             self.solo = SoloLane(solo_model, self.n_ctx_seq, config.n_threads)
         self.kv_used = 0  # as last counted, after every change to the cells
+        self.threads = Threads(config.n_threads)
+        self._width: dict[int, int] = {}  # threads each context is set to, by its address
         self._buf = ctypes.create_string_buffer(256)
 
     def warm_up(self) -> None:
@@ -165,7 +229,16 @@ class Llama:
         for n, row in enumerate(op.rows):
             _put(b, n, row)
         b.n_tokens = len(op.rows)
-        self._decode(ctx, b)
+        if self.config.adaptive_threads:
+            width = self.threads.choose()
+            if self._width.get(id(ctx)) != width:
+                llama_cpp.llama_set_n_threads(ctx, width, width)
+                self._width[id(ctx)] = width
+            started = time.perf_counter()
+            self._decode(ctx, b)
+            self.threads.record(width, op.solo, len(op.rows), time.perf_counter() - started)
+        else:
+            self._decode(ctx, b)
         return [self.sample(seq, i, ctx) for i, seq in op.outputs]
 
     def sample(self, seq: Sequence, i: int, ctx: Any) -> tuple[int, bool, bytes]:

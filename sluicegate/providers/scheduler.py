@@ -45,6 +45,8 @@ class EngineConfig:
     # Prompt tokens processed per step: running streams wait for at most this much prefill.
     prefill_chunk: int = 128
     n_threads: int = 2
+    # Go down to one thread while another process keeps the cores busy (llamacpp.Threads).
+    adaptive_threads: bool = True
     max_queue: int = 256
 
 

@@ -1,0 +1,55 @@
+"""The thread-width controller (llamacpp.Threads), on a fake clock: it goes down to one thread
+when full-width steps stall (another process on the cores), probes full width with backoff,
+and goes back up as soon as full width wins again; on an idle machine it stays at full width."""
+
+from __future__ import annotations
+
+import itertools
+
+from sluicegate.providers.llamacpp import Threads
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def step(t: Threads, clock: Clock, seconds_by_width: dict[int, float], rows: int = 1) -> int:
+    width = t.choose()
+    t.record(width, False, rows, seconds_by_width[width])
+    clock.now += seconds_by_width[width]
+    return width
+
+
+def test_an_idle_machine_stays_at_full_width_through_noise() -> None:
+    clock = Clock()
+    t = Threads(2, clock)
+    widths = [step(t, clock, {2: 0.010 if i % 7 else 0.025, 1: 0.017}) for i in range(2000)]
+    assert set(widths) == {2} and t.switches == 0  # a slow step now and then is not contention
+
+
+def test_a_stall_goes_down_to_one_thread_at_once_and_probes_with_backoff() -> None:
+    clock = Clock()
+    t = Threads(2, clock)
+    for _ in range(50):
+        step(t, clock, {2: 0.010, 1: 0.017})
+    assert step(t, clock, {2: 0.5, 1: 0.017}) == 2  # the stall itself
+    shared = {2: 0.5, 1: 0.02}
+    widths = [step(t, clock, shared) for _ in range(3000)]  # a minute of shared cores
+    probes = [i for i, w in enumerate(widths) if w == 2]
+    assert widths[0] == 1 and 2 <= len(probes) <= 8  # a few probes, ever rarer
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    assert gaps == sorted(gaps)
+    # The other process ends: the next probe wins and full width is back.
+    back = [step(t, clock, {2: 0.010, 1: 0.017}) for _ in range(4000)]
+    first = back.index(2)
+    assert all(w == 2 for w in back[first:])
+
+
+def test_one_thread_given_never_changes() -> None:
+    clock = Clock()
+    t = Threads(1, clock)
+    assert {step(t, clock, {1: s}) for s in (0.01, 1.0, 0.01)} == {1}
