@@ -78,6 +78,14 @@ class Bus(Protocol):
     def describe(self, gen_id: str) -> dict[str, Any] | None:
         """A mirrored generation's record, for the introspection route (local ones: None)."""
 
+    def keep(self, gen_id: str, key: str, value: dict[str, Any]) -> None:
+        """What a door knows of a generation besides its log (a Response's request), for the
+        same door on another replica; kept as long as the generation's record."""
+
+    async def kept(self, gen_id: str, key: str) -> dict[str, Any] | None: ...
+
+    def forget(self, gen_id: str, key: str) -> None: ...
+
     # -- connections ------------------------------------------------------------------------
 
     def register(self, conn: Any) -> None: ...

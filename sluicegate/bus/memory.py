@@ -144,6 +144,7 @@ class MemoryBus:
         self.connections = Connections()
         self.on_attached: Callable[[str], None] = lambda gen_id: None
         self.names: dict[tuple[str, str], Named] = {}
+        self.extras: dict[tuple[str, str], dict[str, Any]] = {}
 
     async def start(self) -> None:
         return None
@@ -172,6 +173,17 @@ class MemoryBus:
 
     def describe(self, gen_id: str) -> dict[str, Any] | None:
         return None
+
+    def keep(self, gen_id: str, key: str, value: dict[str, Any]) -> None:
+        for old in [k for k in self.extras if k[0] not in self.generations]:
+            del self.extras[old]
+        self.extras[(gen_id, key)] = value
+
+    async def kept(self, gen_id: str, key: str) -> dict[str, Any] | None:
+        return self.extras.get((gen_id, key))
+
+    def forget(self, gen_id: str, key: str) -> None:
+        self.extras.pop((gen_id, key), None)
 
     def register(self, conn: Connection) -> None:
         self.connections.add(conn)

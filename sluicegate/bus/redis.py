@@ -136,6 +136,11 @@ class Mirror:
                 return
             await self._changed.wait()
 
+    async def wait(self) -> None:
+        """Return once the generation has ended (here: once its end reached this mirror)."""
+        async for _ in self.follow(len(self.log)):
+            pass
+
     def cancel(self, reason: StopReason = "cancelled") -> bool:
         if self.done:
             return False
@@ -479,7 +484,8 @@ class RedisBus:
         raw = await self._read(lambda: self.redis.hgetall(f"sg:gen:{gen_id}"))
         if not raw:
             return None
-        mirror = Mirror(gen_id, {k.decode(): v.decode() for k, v in raw.items()}, self)
+        record = {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"x:")}
+        mirror = Mirror(gen_id, record, self)
         entries = await self._read(lambda: self.redis.xrange(f"sg:log:{gen_id}"))
         last = _append(mirror, entries, 0)
         if not mirror.done:
@@ -527,6 +533,22 @@ class RedisBus:
     def describe(self, gen_id: str) -> dict[str, Any] | None:
         mirror = self._mirrors.get(gen_id)
         return None if mirror is None else mirror.describe()
+
+    def keep(self, gen_id: str, key: str, value: dict[str, Any]) -> None:
+        self.local.keep(gen_id, key, value)
+        raw = json.dumps(value)
+        self._later(lambda pipe: pipe.hset(f"sg:gen:{gen_id}", f"x:{key}", raw))
+
+    async def kept(self, gen_id: str, key: str) -> dict[str, Any] | None:
+        here = await self.local.kept(gen_id, key)
+        if here is not None:
+            return here
+        raw = await self._read(lambda: self.redis.hget(f"sg:gen:{gen_id}", f"x:{key}"))
+        return None if raw is None else dict(json.loads(raw))
+
+    def forget(self, gen_id: str, key: str) -> None:
+        self.local.forget(gen_id, key)
+        self._later(lambda pipe: pipe.hdel(f"sg:gen:{gen_id}", f"x:{key}"))
 
     # -- sockets held anywhere ---------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -41,6 +42,7 @@ from sluicegate.routes.streaming import (
 )
 from sluicegate.translate import openai
 from sluicegate.translate.openai_responses import (
+    ResponseCall,
     ResponseMeta,
     ResponseStream,
     parse_request,
@@ -180,8 +182,31 @@ async def get_model(request: Request) -> Response:
 @dataclass(frozen=True, slots=True)
 class Stored:
     meta: ResponseMeta
-    gen: Generation
+    gen: Any  # a Generation here, or another replica's (bus/base.Followable, with wait())
     owner: str
+
+
+def kept_meta(stored: Stored) -> dict[str, Any]:
+    """What another replica needs to answer for this Response (the bus keeps it)."""
+    call = stored.meta.call
+    return {
+        "id": stored.meta.id, "created_at": stored.meta.created_at, "owner": stored.owner,
+        "model": call.request.model, "max_tokens": call.request.max_tokens,
+        "temperature": call.request.temperature, "top_p": call.request.top_p,
+        "instructions": call.instructions, "max_output_tokens": call.max_output_tokens,
+        "stream": call.stream, "background": call.background, "store": call.store,
+        "metadata": call.metadata,
+    }  # fmt: skip
+
+
+def from_kept(kept: dict[str, Any], gen: Any) -> Stored:
+    request = ChatRequest(
+        kept["model"], (), kept["max_tokens"], temperature=kept["temperature"],
+        top_p=kept["top_p"],
+    )  # fmt: skip
+    names = ("instructions", "max_output_tokens", "stream", "background", "store", "metadata")
+    call = ResponseCall(request, **{name: kept[name] for name in names})
+    return Stored(ResponseMeta(kept["id"], kept["created_at"], call), gen, kept["owner"])
 
 
 class Responses:
@@ -196,9 +221,17 @@ class Responses:
         for key in [k for k, s in self.stored.items() if s.gen.id not in gateway.generations]:
             del self.stored[key]
 
-    def find(self, request: Request) -> Stored:
+    async def find(self, request: Request) -> Stored:
+        """A stored Response: here, or one another replica created (the bus has its request;
+        its generation is followed from there)."""
         response_id = request.path_params["response_id"]
         found = self.stored.get(response_id)
+        if found is None and response_id.startswith("resp_"):
+            bus = gateway_of(request).bus
+            gen_id = "msg_bdrk_" + response_id.removeprefix("resp_")
+            kept = await bus.kept(gen_id, "response")
+            gen = await bus.find(gen_id) if kept is not None else None
+            found = from_kept(kept, gen) if kept is not None and gen is not None else None
         owner = caller(request.headers.get("authorization", ""))
         if found is None or found.owner != owner:
             raise errors.NotFound(f"Response with id '{response_id}' not found.")
@@ -211,6 +244,7 @@ class Responses:
         stored = Stored(ResponseMeta("resp_" + suffix(gen), int(time.time()), kept), gen, gen.owner)
         if call.store:
             self.keep(gateway_of(request), stored)
+            gateway_of(request).bus.keep(gen.id, "response", kept_meta(stored))
         if call.stream:
             chunks = response_events(stored, -1)
             if call.background:
@@ -222,14 +256,14 @@ class Responses:
         return snapshot(stored)
 
     async def retrieve(self, request: Request) -> Response:
-        stored = self.find(request)
+        stored = await self.find(request)
         if request.query_params.get("stream", "").lower() not in ("true", "1"):
             return snapshot(stored)
         after = starting_after(request)
         return following(request, stored.gen, response_events(stored, after))
 
     async def cancel(self, request: Request) -> Response:
-        stored = self.find(request)
+        stored = await self.find(request)
         if not stored.meta.call.background:
             raise openai.InvalidRequest(
                 "Only responses created with background=true can be cancelled."
@@ -241,9 +275,10 @@ class Responses:
         return snapshot(stored)
 
     async def delete(self, request: Request) -> Response:
-        stored = self.find(request)
+        stored = await self.find(request)
         stored.gen.cancel("cancelled")
-        del self.stored[stored.meta.id]
+        self.stored.pop(stored.meta.id, None)
+        gateway_of(request).bus.forget(stored.gen.id, "response")
         body = {"id": stored.meta.id, "object": "response.deleted", "deleted": True}
         return JSONResponse(body, headers=headers(stored.gen))
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import boto3
 import httpx
+import openai
 import pytest
 import websockets
 from botocore.config import Config
@@ -283,3 +284,25 @@ def test_redis_restarted_under_running_streams(cluster: tuple[Redis, list[Replic
         if not redis.answers():
             redis.start()
     assert wait_until(lambda: redis.answers())
+
+
+def test_a_background_response_made_on_a_is_followed_and_cancelled_on_b(
+    cluster: tuple[Redis, list[Replica]],
+) -> None:
+    _, (a, b, _) = cluster
+    on_a = openai.OpenAI(base_url=a.url + "/v1", api_key="k", max_retries=0)
+    on_b = openai.OpenAI(base_url=b.url + "/v1", api_key="k", max_retries=0)
+    made = on_a.responses.create(model="m", input="go", background=True)
+    time.sleep(0.3)  # a few events in: B starts after the 3rd, then follows A live
+    events = list(on_b.responses.retrieve(made.id, stream=True, starting_after=3))
+    numbers = [e.sequence_number for e in events]
+    assert numbers[0] == 4 and numbers == list(range(4, 4 + len(numbers)))
+    assert events[-1].type == "response.completed"
+    assert on_b.responses.retrieve(made.id).status == "completed"
+    other = on_a.responses.create(model="m", input="go", background=True)
+    time.sleep(0.2)
+    assert on_b.responses.cancel(other.id).status == "cancelled"
+    assert on_a.responses.retrieve(other.id).status == "cancelled"
+    stranger = openai.OpenAI(base_url=b.url + "/v1", api_key="someone-else", max_retries=0)
+    with pytest.raises(openai.NotFoundError):  # a Response is its owner's, on every replica
+        stranger.responses.retrieve(made.id)
