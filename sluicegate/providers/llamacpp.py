@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import llama_cpp
@@ -82,29 +84,55 @@ class Threads:
     """How many threads decodes use (the batch context's and the solo lane's alike): all the
     engine was given, or one while the cores are shared. llama.cpp's threads spin at every
     barrier; with another busy process on the same cores, a thread waits a whole time slice
-    for its partner and a step can take 100 times longer. So each decode is timed (by context
-    and batch size class): when steps at full width get much slower than they were, decodes go
-    down to one thread, which never waits for another; from there a step at full width is
-    tried now and then (backing off while it loses), and they go back up as soon as it wins."""
+    for its partner and a step can take 100 times longer. Twice a second a look at /proc says
+    how many cores other processes keep busy: a core's worth or so, and decodes go down to one
+    thread (which never waits for another) before the first stall; under half a core, back up.
+    Each decode is also timed (by context and batch size class): steps at full width much
+    slower than they were also send it down, and where /proc says nothing, a step at full
+    width is tried now and then (backing off while it loses) to find the way back up."""
 
     SLOWER = 3.0  # steps this many times slower than the best seen: the cores are shared
     STALLED = 10.0  # one step this many times slower: shared, no need to wait for more
     ALPHA = 0.3  # weight of the newest step in each running mean
     FIRST_PROBE, LAST_PROBE = 2.0, 30.0  # seconds between probes at full width, doubling
 
-    def __init__(self, most: int, clock: Any = time.monotonic) -> None:
+    BUSY = 0.75  # other processes use this many cores: ours are shared (a client's share
+    QUIET = 0.5  # of the cores stays below); under this many, the cores are free again
+    LOOK_EVERY = 0.5  # seconds between looks at what other processes use
+
+    def __init__(
+        self,
+        most: int,
+        clock: Any = time.monotonic,
+        others: Callable[[], float | None] | None = None,
+    ) -> None:
         self.most = most
+        # Cores other processes used since the last call (None: cannot tell; then a step at
+        # full width is tried instead, which costs a stalled step each time).
+        self.others = others or OtherLoad()
         self.n = most
         self.clock = clock
         self.mean: dict[tuple[int, tuple[bool, int]], float] = {}
         self.best: dict[tuple[bool, int], float] = {}
         self.probe_at = 0.0
+        self.look_at = 0.0
+        self.blind = True  # until the first look tells what other processes use
         self.backoff = self.FIRST_PROBE
         self.switches = 0
 
     def choose(self) -> int:
         """The thread count for the next decode (of any context: the cores are the same)."""
-        if self.n != self.most and self.clock() >= self.probe_at:
+        now = self.clock()
+        if now >= self.look_at:
+            self.look_at = now + self.LOOK_EVERY
+            load = self.others()
+            if load is not None:
+                self.blind = False
+                if self.n == self.most and self.most > 1 and load >= self.BUSY:
+                    self._go(1)  # before the first stall
+                elif self.n != self.most and load < self.QUIET:
+                    self._go(self.most)
+        if self.blind and self.n != self.most and now >= self.probe_at:
             return self.most  # a probe: does full width win again?
         return self.n
 
@@ -119,7 +147,7 @@ class Threads:
             stalled = seconds > self.STALLED * self.best[size]
             if self.most > 1 and (stalled or self.mean[key] > self.SLOWER * self.best[size]):
                 self._go(1)
-        elif n == self.most:  # a probe from one thread
+        elif n == self.most and self.blind:  # a probe from one thread
             one = self.mean.get((1, size))
             if one is not None and seconds < one:
                 self.mean[key] = seconds
@@ -130,9 +158,45 @@ class Threads:
                 self.probe_at = self.clock() + self.backoff
 
     def _go(self, n: int) -> None:
+        # The means at the new width describe another time (the stalls, or a quiet machine).
+        self.mean = {k: v for k, v in self.mean.items() if k[0] != n}
         self.n = n
         self.switches += 1
         self.probe_at = self.clock() + self.backoff
+
+
+class OtherLoad:
+    """Cores that processes other than this one kept busy since the last call, from /proc
+    (None where there is none)."""
+
+    def __init__(self) -> None:
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.last = self._sample()
+
+    def __call__(self) -> float | None:
+        now = self._sample()
+        if now is None or self.last is None:
+            self.last = now
+            return None
+        (t0, busy0, own0), (t1, busy1, own1) = self.last, now
+        self.last = now
+        if t1 - t0 <= 0:
+            return None
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / self.hz / (t1 - t0)
+
+    @staticmethod
+    def _sample() -> tuple[float, int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+            with open("/proc/self/stat") as f:
+                own = f.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle, iowait
+        # user..steal, without guest time (already counted in user)
+        busy = sum(fields[:8]) - idle
+        return time.monotonic(), busy, int(own[11]) + int(own[12])  # utime, stime
 
 
 def _size_class(rows: int) -> int:

@@ -26,14 +26,15 @@ def step(t: Threads, clock: Clock, seconds_by_width: dict[int, float], rows: int
 
 def test_an_idle_machine_stays_at_full_width_through_noise() -> None:
     clock = Clock()
-    t = Threads(2, clock)
+    t = Threads(2, clock, others=lambda: None)
     widths = [step(t, clock, {2: 0.010 if i % 7 else 0.025, 1: 0.017}) for i in range(2000)]
     assert set(widths) == {2} and t.switches == 0  # a slow step now and then is not contention
 
 
 def test_a_stall_goes_down_to_one_thread_at_once_and_probes_with_backoff() -> None:
+    """Where nothing says what other processes use, full width is tried, ever more rarely."""
     clock = Clock()
-    t = Threads(2, clock)
+    t = Threads(2, clock, others=lambda: None)
     for _ in range(50):
         step(t, clock, {2: 0.010, 1: 0.017})
     assert step(t, clock, {2: 0.5, 1: 0.017}) == 2  # the stall itself
@@ -49,7 +50,20 @@ def test_a_stall_goes_down_to_one_thread_at_once_and_probes_with_backoff() -> No
     assert all(w == 2 for w in back[first:])
 
 
+def test_where_other_processes_load_is_known_it_decides_without_stalled_probes() -> None:
+    clock = Clock()
+    load = [0.2]  # a client's share of the cores
+    t = Threads(2, clock, others=lambda: load[0])
+    assert {step(t, clock, {2: 0.010, 1: 0.017}) for _ in range(500)} == {2}
+    load[0] = 1.0  # a busy neighbour arrives
+    shared = [step(t, clock, {2: 0.5, 1: 0.02}) for _ in range(3000)]
+    assert shared.count(2) <= 1 and set(shared[1:]) == {1}  # down at the next look
+    load[0] = 0.1  # it has gone
+    back = [step(t, clock, {2: 0.010, 1: 0.017}) for _ in range(200)]
+    assert back[-1] == 2 and back.index(2) < 100  # up again within a look (0.5 s)
+
+
 def test_one_thread_given_never_changes() -> None:
     clock = Clock()
-    t = Threads(1, clock)
+    t = Threads(1, clock, others=lambda: None)
     assert {step(t, clock, {1: s}) for s in (0.01, 1.0, 0.01)} == {1}
