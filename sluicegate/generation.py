@@ -256,16 +256,9 @@ class Generation:
             self._on_end(self)
         return stop
 
-    async def follow(self, after: int = 0) -> AsyncIterator[tuple[int, Event]]:
+    def follow(self, after: int = 0) -> AsyncIterator[tuple[int, Event]]:
         """Yield (id, event) for every event with id > after, then the live tail until the end."""
-        i = after
-        while True:
-            while i < len(self.log):
-                i += 1
-                yield i, self.log[i - 1]
-            if self.done:
-                return
-            await self._changed.wait()
+        return follow_log(self, after)
 
     # -- figures ---------------------------------------------------------------------------
 
@@ -293,3 +286,17 @@ def _size(event: Event) -> int:
 
 def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
+
+
+async def follow_log(source: Any, after: int) -> AsyncIterator[tuple[int, Event]]:
+    """(id, event) of `source.log` after `after`, then each one appended, until `source.done`;
+    `source._changed` is the event set (and replaced) at every append. A Generation's, or a
+    mirror of another replica's (bus/redis.py)."""
+    i = after
+    while True:
+        while i < len(source.log):
+            i += 1
+            yield i, source.log[i - 1]
+        if source.done:
+            return
+        await source._changed.wait()

@@ -52,6 +52,7 @@ from sluicegate.events import (
     TextDelta,
     Usage,
 )
+from sluicegate.generation import follow_log
 
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.01
@@ -126,15 +127,8 @@ class Mirror:
         self.append(MessageDelta("error", None, self._usage.output_tokens))
         self.append(MessageStop(Usage(self._usage.input_tokens, self._usage.output_tokens)))
 
-    async def follow(self, after: int = 0) -> AsyncIterator[tuple[int, Event]]:
-        i = after
-        while True:
-            while i < len(self.log):
-                i += 1
-                yield i, self.log[i - 1]
-            if self.done:
-                return
-            await self._changed.wait()
+    def follow(self, after: int = 0) -> AsyncIterator[tuple[int, Event]]:
+        return follow_log(self, after)
 
     async def wait(self) -> None:
         """Return once the generation has ended (here: once its end reached this mirror)."""
