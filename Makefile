@@ -45,7 +45,7 @@ typecheck: $(TEST_STAMP)
 /usr/bin/redis-server:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 /usr/sbin/nginx:
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
 
 unit: $(TEST_STAMP) /usr/bin/chromium /usr/bin/redis-server /usr/sbin/nginx
 	$(BIN)/python -m pytest -q

@@ -2,7 +2,7 @@
 
     python examples/deploy/run.py [--port 8080] [--replicas 3] [--config my.toml]
 
-Starts Debian's redis-server and nginx (`apt-get install redis-server nginx-light`) and the
+Starts Debian's redis-server and nginx (`apt-get install redis-server nginx`) and the
 replicas on free 127.0.0.1 ports, prints the one URL clients use, and stops everything on
 Ctrl-C. Any replica serves any request: a reconnect, a Stop or an @connections call may land
 anywhere (see the README's "Replicas" section). Without --config the replicas serve the
@@ -77,7 +77,7 @@ def redis_answers(port: int) -> bool:
 def cluster(port: int = 0, replicas: int = 3, config: Path | None = None) -> Iterator[Cluster]:
     for tool in ("redis-server", "nginx"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            raise RuntimeError(f"{tool} is missing: apt-get install redis-server nginx-light")
+            raise RuntimeError(f"{tool} is missing: apt-get install redis-server nginx")
     folder = Path(tempfile.mkdtemp(prefix="sluicegate-deploy-"))
     folder.chmod(0o755)  # nginx's workers make their temporary folders in it
     if config is None:
