@@ -11,7 +11,7 @@ import pydantic
 import typer
 from rich.console import Console
 
-from sluicegate import config
+from sluicegate import accesslog, config
 from sluicegate.config import FunctionSettings, ProviderName, Route, Settings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.base import Provider
@@ -222,6 +222,13 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            help="text: uvicorn's access log and plain lines; json: one JSON object a line on "
+            "standard output, with an access-log line for each request (see README)."
+        ),
+    ] = "text",
     bus: Annotated[
         str | None,
         typer.Option(
@@ -240,7 +247,13 @@ def serve(
     """Serve the Bedrock Runtime API (and /metrics) with the configured providers."""
     from sluicegate import serving
 
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    accesslog.redact_uvicorn()
+    if log_format == "json":
+        accesslog.use_json(log_level)
+    elif log_format == "text":
+        logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    else:
+        raise typer.BadParameter("expected text or json", param_hint="--log-format")
     settings = apply_flags(load_settings(config_file), model, route, ws_route)
     settings = apply_functions(settings, function, invoke_mode, timeout)
     if rest_timeout is not None:
@@ -270,13 +283,13 @@ def serve(
     if settings.tls_port == settings.port:
         raise typer.BadParameter("must differ from --port", param_hint="--tls-port")
     with serving.certificate(settings) as cert:
-        caught = _serve(settings, cert, log_level)
+        caught = _serve(settings, cert, log_level, json_log=log_format == "json")
     for sig in caught:  # as uvicorn does: stop gracefully, then end as the signal asked
         signal.raise_signal(sig)
 
 
 def _serve(
-    settings: Settings, cert: LocalCertificate | None, log_level: str
+    settings: Settings, cert: LocalCertificate | None, log_level: str, *, json_log: bool = False
 ) -> list[signal.Signals]:
     from sluicegate import serving
     from sluicegate.handlers import HandlerLoadError
@@ -316,13 +329,16 @@ def _serve(
             f"(certificate authority {cert.ca_file})",
             highlight=False,
         )
+    app = create_app(gateway, app_routes)
+    logs: dict[str, object] = {}
+    if json_log:  # our access log instead of uvicorn's, and uvicorn's lines through ours
+        from sluicegate.routes.access import AccessLog
+
+        app.add_middleware(AccessLog, stage=settings.websocket.stage)
+        logs = {"access_log": False, "log_config": None}
     try:
         return serving.run(
-            create_app(gateway, app_routes),
-            settings,
-            cert,
-            log_level=log_level,
-            timeout_graceful_shutdown=5,
+            app, settings, cert, log_level=log_level, timeout_graceful_shutdown=5, **logs
         )
     finally:
         gateway.close()

@@ -10,7 +10,7 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from sluicegate import errors
+from sluicegate import accesslog, errors
 from sluicegate.bus import bus_for
 from sluicegate.config import ProviderName, Settings
 from sluicegate.events import ChatRequest, Event
@@ -96,6 +96,7 @@ class Gateway:
             raise
         m.started(gen)
         self.bus.announce(gen)
+        accesslog.started(gen)
         return gen
 
     async def drain(self, seconds: float, give_up: Callable[[], bool] = lambda: False) -> int:
@@ -148,6 +149,7 @@ class Gateway:
     def _ended(self, gen: Generation) -> None:
         self._release(gen)
         self.metrics.finished(gen)
+        accesslog.ended(gen)
         self._forget_old()
 
     def _release(self, gen: Generation) -> None:
