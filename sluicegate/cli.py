@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from pathlib import Path
@@ -360,6 +361,58 @@ def models(config_file: ConfigOpt = None, model: ModelOpt = None, route: RouteOp
     if "local" in settings.used_providers():
         path = settings.model or embedded_model_path()
         console.print(f"local model: {path} ({path.stat().st_size / 1e6:.0f} MB)", highlight=False)
+
+
+@app.command()
+def bench(
+    url: Annotated[str, typer.Argument(help="The endpoint, e.g. http://127.0.0.1:8000.")],
+    door: Annotated[str, typer.Option(help="bedrock, anthropic, openai or ws.")] = "openai",
+    model: Annotated[str, typer.Option(help="The model id each request names.")] = "default",
+    concurrency: Annotated[
+        str, typer.Option(help="Streams at once, one level after another: 1,8,32.")
+    ] = "1,8,32",
+    max_tokens: Annotated[int, typer.Option(help="max_tokens of each request.")] = 128,
+    rounds: Annotated[int, typer.Option(help="Rounds per level, all streams together.")] = 3,
+    prompt: Annotated[str | None, typer.Option(help="The prompt of every stream.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="SLUICEGATE_API_KEY")] = None,
+    region: Annotated[str, typer.Option(help="SigV4 region for the bedrock door.")] = "us-east-1",
+    label: Annotated[str | None, typer.Option(help="The system's name in the table.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the Markdown table here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="A PNG: tokens over time, TTFT.")] = None,
+    raw: Annotated[Path | None, typer.Option(help="Every time stamp, as JSON.")] = None,
+) -> None:
+    """Measure any streaming endpoint as a client sees it: TTFT, gaps, tokens/s, errors."""
+    from sluicegate import bench as b
+
+    try:
+        chosen = b.door_named(door)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    except ValueError:
+        raise typer.BadParameter("--concurrency takes numbers, e.g. 1,8,32") from None
+    if not levels or min(levels) < 1 or rounds < 1:
+        raise typer.BadParameter("--concurrency and --rounds must be at least 1")
+    target = b.Target(
+        url, chosen, model, prompt or b.PROMPT, max_tokens, temperature, api_key,
+        region, label=label or url,
+    )  # fmt: skip
+    found = b.run(target, levels, rounds, warmup=1, show=console.is_terminal)
+    results = [(target.name, found)]
+    text = b.table(results)
+    typer.echo(text)
+    for line in b.errors(results)[:10]:
+        console.print(f"[red]error[/red] {line}", highlight=False, soft_wrap=True)
+    if out is not None:
+        out.write_text(text)
+    if raw is not None:
+        raw.write_text(json.dumps(b.raw(results), indent=1))
+    if plot is not None:
+        b.plot(results, plot)
+    if all(lv.figures()["errors"] == lv.figures()["streams"] for lv in found):
+        raise typer.Exit(1)
 
 
 def main() -> None:
