@@ -415,5 +415,23 @@ def bench(
         raise typer.Exit(1)
 
 
+@app.command()
+def chat(
+    url: Annotated[str, typer.Option(help="The sluicegate to talk to.")] = "http://127.0.0.1:8000",
+    model: Annotated[str, typer.Option("--model", "-m", help="Model id.")] = "default",
+    door: Annotated[str, typer.Option(help="ws, bedrock, anthropic or openai.")] = "ws",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="SLUICEGATE_API_KEY", help="The server's api_key.")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per answer.")] = 1024,
+) -> None:
+    """Chat in the terminal: answers stream as Markdown; Ctrl-C stops one, Ctrl-D leaves."""
+    from sluicegate import chat as client
+
+    if door not in client.DOORS:
+        raise typer.BadParameter(f"expected one of {', '.join(client.DOORS)}", param_hint="--door")
+    raise typer.Exit(client.main(url, model, door, api_key, max_tokens))
+
+
 def main() -> None:
     app()
