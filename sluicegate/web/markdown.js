@@ -1,7 +1,10 @@
 // Streaming Markdown: text arrives a token at a time and the page must not re-flow wholesale.
 // Finished blocks are rendered once and never touched again; only the open block (the last
 // paragraph or list) is rebuilt, and an open code block only grows (text appended to a node).
+// Code is coloured by syntax.js: a finished block once, as it closes; the open block's new
+// complete lines as they come (see paintOpen), the line still arriving plain.
 // Everything goes through the DOM (textContent, createElement), never innerHTML.
+import { highlight, known, stats } from "./syntax.js";
 
 const FENCE = /^\s{0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
 // The start of a line that may yet become a block marker (a fence, a heading, a list item,
@@ -17,7 +20,7 @@ export class MarkdownStream {
     this.text = "";
     this.pos = 0;          // start of the first line not yet committed
     this.block = [];       // committed lines of the open (non-code) block
-    this.fence = null;     // the open code block: {marker, pre, fixed, partial}
+    this.fence = null;     // the open code block (see codeBlock)
     this.tail = null;      // element showing the open block
   }
 
@@ -36,13 +39,17 @@ export class MarkdownStream {
       this.pos = nl + 1;
     }
     this.showOpen(this.text.slice(this.pos));
+    this.paintOpen();
   }
 
   /** The text is complete: what was held back while it might still change shows as it is. */
   end() {
     const partial = this.text.slice(this.pos);
     if (this.fence) {
-      this.fence.partial.data = partial;
+      this.fence.fixed.appendData(partial);
+      this.fence.text += partial;
+      this.fence.partial.data = "";
+      this.closeFence();
       return;
     }
     const lines = partial ? [...this.block, partial] : this.block;
@@ -55,9 +62,10 @@ export class MarkdownStream {
       const close = line.trim();
       if (close.startsWith(this.fence.marker) && /^[`~]+$/.test(close)) {
         this.fence.partial.data = "";
-        this.fence = null;
+        this.closeFence();
       } else {
         this.fence.fixed.appendData(line + "\n");
+        this.fence.text += line + "\n";
       }
       return;
     }
@@ -127,6 +135,48 @@ export class MarkdownStream {
     this.block = [];
   }
 
+  /** The code block is finished: coloured once, all of it (as if it had come at once), and
+   * never touched again. */
+  closeFence() {
+    const f = this.fence;
+    this.fence = null;
+    clearTimeout(f.timer);
+    if (!f.lang) return;
+    f.done.replaceChildren(highlight(f.text, f.lang).node);
+    f.fixed.data = "";
+    stats.finished += 1;
+  }
+
+  /** Colour the open block's new complete lines, at most once a push (the page pushes once a
+   * frame). Colouring starts again from the last point where the code was outside every
+   * string, comment and bracket (lines before it keep their colours: the text does not move),
+   * so each pass costs the new lines only. Where code stays inside something for long, a pass
+   * costs more: then it waits until the last one took under a tenth of the time since. */
+  paintOpen() {
+    const f = this.fence;
+    if (!f?.lang || f.shown === f.text.length) return;
+    const wait = f.paintedAt + 9 * f.cost - performance.now();
+    if (wait > 0) {
+      f.timer ??= setTimeout(() => {   // in case no more text comes for a while
+        f.timer = null;
+        if (this.fence === f) this.paintOpen();
+      }, wait);
+      return;
+    }
+    const start = performance.now();
+    const { node, settled } = highlight(f.text.slice(f.from), f.lang);
+    f.live.replaceChildren(node);
+    f.fixed.data = "";
+    f.shown = f.text.length;
+    if (settled) {
+      f.from = f.shown;
+      f.live = f.done.appendChild(el("span"));
+    }
+    stats.open += 1;
+    f.paintedAt = performance.now();
+    f.cost = f.paintedAt - start;
+  }
+
   codeBlock(marker, lang) {
     this.tail?.remove();
     this.tail = null;
@@ -138,15 +188,22 @@ export class MarkdownStream {
     const pre = el("pre");
     const code = el("code");
     if (lang) code.dataset.lang = lang;
+    // coloured lines (in `live`, those coloured again as more come), complete lines not
+    // coloured yet, the line still arriving
+    const done = el("span");
+    const live = done.appendChild(el("span"));
     const fixed = document.createTextNode("");
     const partial = document.createTextNode("");
-    code.append(fixed, partial);
+    code.append(done, fixed, partial);
     pre.append(code);
     copy.addEventListener("click", () => this.onCopy?.(code.textContent, copy));
     head.append(label, copy);
     wrap.append(head, pre);
     this.root.append(wrap);
-    return { marker: marker[0].repeat(3), pre, fixed, partial };
+    return {
+      marker: marker[0].repeat(3), lang: known(lang) ? lang : null, done, live, fixed, partial,
+      text: "", from: 0, shown: 0, paintedAt: -Infinity, cost: 0, timer: null,
+    };
   }
 }
 

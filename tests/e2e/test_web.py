@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from sluicegate.config import Route, Settings
-from sluicegate.events import TextDelta
+from sluicegate.events import ChatRequest, TextDelta
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
 from sluicegate.providers.scripted import ScriptedProvider
@@ -305,11 +307,15 @@ def test_phone_width_and_dark_mode(browser: Any, server: Server) -> None:
 
 @contextlib.contextmanager
 def lone_server(
-    match: str, port: int | None = None, api_key: str | None = None
+    match: str,
+    port: int | None = None,
+    api_key: str | None = None,
+    provider: ScriptedProvider | None = None,
 ) -> Iterator[Server]:
     """A server of its own (scripted provider for `match`), for tests that break or stop it."""
     settings = Settings(routes=[Route(match=match, provider="scripted")], api_key=api_key)
-    lone = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.001)}), port=port)
+    scripted = provider or ScriptedProvider(delay=0.001)
+    lone = serve(Gateway(settings, {"scripted": scripted}), port=port)
     try:
         yield lone
     finally:
@@ -474,3 +480,257 @@ def test_a_server_with_an_api_key_is_used_through_a_token_link(browser: Any) -> 
     assert served["status"] == "done" and again["status"] == "done"
     assert again["text"].startswith("You said: again")
     assert refused["status"] == "error"
+
+
+# ---- code that reads like code: syntax colours as it streams ----------------------------------
+
+SMALL = (
+    "Here it is:\n\n```python\n"
+    "def greet(name: str) -> str:\n"
+    '    """Say hello."""\n'
+    "    return f\"Hello, {name} <&> 'you'\"  # a comment\n"
+    '```\n\nAnd to run it:\n\n```sh\necho "$HOME" && ls -la\n```\n\nDone.\n'
+)
+FENCED = re.compile(r"^```(\w+)\n(.*?)^```\n", re.DOTALL | re.MULTILINE)
+
+
+def python_lines(n: int, seed: int) -> list[str]:
+    """n lines of Python: functions with docstrings over lines, comments, strings, numbers."""
+    unit = [
+        "def step_{s}_{i}(items: list[int], limit: int = {i}) -> str:",
+        '    """Keep what is under the limit.',
+        "",
+        "    Over lines, <b> & 'quotes' stay text.",
+        '    """',
+        "    kept = [x for x in items if x < limit]  # {i} & <i>",
+        '    return f"{{len(kept)}} kept of {i}"',
+        "",
+    ]
+    return [unit[j % 8].format(s=seed, i=j // 8) for j in range(n)]
+
+
+def js_lines(n: int, seed: int) -> list[str]:
+    unit = ["function f{s}_{i}(a, b) {{", "  // add them, <tags> & all", "  return a + b * {i};"]
+    unit += ["}}", ""]
+    return [unit[j % 5].format(s=seed, i=j // 5) for j in range(n)]
+
+
+def big_answer(lines: int = 2000) -> str:
+    """Markdown of `lines` lines: prose, headings and 13 code blocks, the last and longest of
+    them still open for most of the stream."""
+    head, body, tail = ["Here is the whole program, in parts.", ""], [], ["That is all of it."]
+    for k in range(12):
+        lang, code = ("python", python_lines(64, k)) if k % 3 else ("javascript", js_lines(40, k))
+        body += [f"## Part {k}", "", f"Part {k} does **this**, see `step_{k}_0`.", ""]
+        body += [f"```{lang}", *code, "```", ""]
+    rest = lines - len(head) - len(body) - len(tail) - 3
+    body += ["```python", *python_lines(rest, 99), "```", ""]
+    return "\n".join(head + body + tail) + "\n"
+
+
+BIG = big_answer()
+
+
+class CodeProvider(ScriptedProvider):
+    """Answers with the Markdown named by the prompt's last word (SMALL or BIG), a line or
+    half of one per token, so that lines also arrive in pieces."""
+
+    def words(self, request: ChatRequest) -> list[str]:
+        text = {"small": SMALL, "big": BIG}[request.messages[-1].text.split()[-1]]
+        halves = [(t[: len(t) // 2], t[len(t) // 2 :]) for t in text.splitlines(keepends=True)]
+        return [piece for pair in halves for piece in pair if piece]
+
+
+@pytest.fixture(scope="module")
+def code_server() -> Iterator[Server]:
+    with lone_server("*", provider=CodeProvider(delay=0.001)) as served:
+        yield served
+
+
+@pytest.fixture
+def code_page(browser: Any, code_server: Server) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    # Before any of the page's own scripts: every CSP violation is kept.
+    pg.add_init_script(
+        """window.violations = [];
+           addEventListener('securitypolicyviolation',
+               (e) => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));"""
+    )
+    open_page(pg, code_server.url)
+    yield pg
+    violations = pg.evaluate("window.violations")
+    context.close()
+    assert not errors, errors
+    assert violations == [], violations
+
+
+def code_blocks(pg: Page) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = pg.evaluate(
+        """() => [...document.querySelectorAll('.turn.assistant .answer figure.code')].map((f) => {
+            const code = f.querySelector('code');
+            return { lang: f.querySelector('.lang').textContent, text: code.textContent,
+                     tokens: code.querySelectorAll('[class^="hljs-"]').length,
+                     others: [...code.querySelectorAll('*')].filter((e) => e.tagName !== 'SPAN')
+                                 .length }; })"""
+    )
+    return blocks
+
+
+def test_code_is_coloured_and_copies_as_plain_text(code_page: Page) -> None:
+    pg = code_page
+    pg.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    ask(pg, "small")
+    assert wait_ended(pg)["text"] == SMALL
+    blocks = code_blocks(pg)
+    assert [(b["lang"], b["text"]) for b in blocks] == FENCED.findall(SMALL)
+    assert all(b["tokens"] > 0 and b["others"] == 0 for b in blocks), blocks  # spans only
+    python = pg.locator(".turn.assistant figure.code").first
+    keywords = python.locator(".hljs-keyword").all_inner_texts()
+    assert "def" in keywords and "return" in keywords
+    assert python.locator(".hljs-comment").inner_text() == "# a comment"
+    assert python.locator(".hljs-title").first.inner_text() == "greet"
+    strings = python.locator(".hljs-string").all_inner_texts()
+    assert '"""Say hello."""' in strings and any("<&>" in s for s in strings)
+
+    python.locator(".copy").click()
+    pg.wait_for_selector(".turn.assistant figure.code .copy:text('Copied')")
+    assert pg.evaluate("navigator.clipboard.readText()") == FENCED.findall(SMALL)[0][1]
+
+    # Our own theme, in light and dark: keywords stand out from the code around them.
+    colour = """() => { const f = document.querySelector('.turn.assistant figure.code');
+        const c = (s) => getComputedStyle(f.querySelector(s)).color;
+        return [c('code'), c('.hljs-keyword'), c('.hljs-string'), c('.hljs-comment')]; }"""
+    light = pg.evaluate(colour)
+    pg.emulate_media(color_scheme="dark")
+    dark = pg.evaluate(colour)
+    assert len(set(light)) == 4 and len(set(dark)) == 4, (light, dark)
+    assert not set(light) & set(dark), (light, dark)
+
+
+def test_the_policy_stays_strict_with_the_highlighter(code_page: Page, code_server: Server) -> None:
+    for path in ("/", "/ui/syntax.js", "/ui/vendor/highlight.min.js"):
+        response = httpx.get(code_server.url + path)
+        assert response.status_code == 200, path
+        policy = dict(
+            d.strip().split(" ", 1) for d in response.headers["content-security-policy"].split(";")
+        )
+        assert policy["script-src"] == "'self'" and policy["style-src"] == "'self'", policy
+        assert "unsafe" not in response.headers["content-security-policy"]
+    vendored = httpx.get(code_server.url + "/ui/vendor/highlight.min.js")
+    assert "javascript" in vendored.headers["content-type"]
+    assert "Highlight.js v11.12.0" in vendored.text[:200]
+    ask(code_page, "small")
+    wait_ended(code_page)
+    assert code_page.locator(".turn.assistant .hljs-keyword").count() > 0
+    # the fixture then asserts that no securitypolicyviolation event came
+
+
+# Watches the answer: a finished block (one with a block after it) must never change again,
+# and the open code block's text and colours only grow. Plus a frame heartbeat.
+WATCH = """() => {
+    const w = window.watch = { rebuilds: 0, records: 0, shrank: [], frames: 0, maxGap: 0 };
+    const finished = new WeakSet();
+    const blockOf = (n) => {
+        while (n && !n.parentNode?.classList?.contains('answer')) n = n.parentNode;
+        return n;
+    };
+    let seen = null;
+    new MutationObserver((records) => {
+        for (const r of records) {  // in order: what was finished when each change was made
+            w.records += 1;
+            if (r.target.classList?.contains('answer')) {
+                for (const n of r.removedNodes) if (finished.has(n)) w.rebuilds += 1;
+                if (r.addedNodes.length && r.previousSibling) finished.add(r.previousSibling);
+            } else if (finished.has(blockOf(r.target))) {
+                w.rebuilds += 1;
+            }
+        }
+        const open = document.querySelector('.turn.assistant:last-child .answer > :last-child');
+        if (open?.matches('figure.code')) {
+            const code = open.querySelector('code');
+            const now = { open, text: code.textContent.length,
+                          tokens: code.querySelectorAll('[class^="hljs-"]').length };
+            if (seen?.open === open && (now.text < seen.text || now.tokens < seen.tokens)) {
+                w.shrank.push([seen.text, seen.tokens, now.text, now.tokens]);
+            }
+            seen = now;
+        }
+    }).observe(document.querySelector('#turns'),
+               { subtree: true, childList: true, characterData: true, attributes: true });
+    let last = performance.now();
+    const beat = (t) => {
+        w.maxGap = Math.max(w.maxGap, t - last);
+        last = t;
+        w.frames += 1;
+        if (!w.stopped) requestAnimationFrame(beat);
+    };
+    requestAnimationFrame(beat);
+}"""
+
+STATS = "async () => ({ ...(await import('/ui/syntax.js')).stats })"
+
+
+def test_a_2000_line_answer_keeps_the_page_responsive(code_page: Page) -> None:
+    pg = code_page
+    assert BIG.count("\n") == 2000
+    expected = FENCED.findall(BIG)
+    pg.click("#settings-open")
+    pg.fill("#max-tokens", "10000")
+    pg.click("#settings button.primary")
+    pg.evaluate(WATCH)
+    started = time.monotonic()
+    ask(pg, "sluicegate:delay-ms=1 big")
+    # The long last block is coloured while it is still open (and still arriving).
+    open_and_coloured = """() => { const t = sluicegate.state.turns.at(-1);
+        const code = document.querySelector('.turn.assistant:last-child figure:last-child code');
+        return t.status === 'streaming' && code?.textContent.startsWith('def step_99_0')
+            && code.textContent.length > 20000 && code.querySelector('.hljs-keyword') !== null; }"""
+    pg.wait_for_function(open_and_coloured, timeout=90_000)
+    turn = wait_ended(pg)
+    took = time.monotonic() - started
+    watch = pg.evaluate("() => { watch.stopped = true; return { ...watch }; }")
+    stats = pg.evaluate(STATS)
+    blocks = code_blocks(pg)
+
+    assert turn["text"] == BIG
+    assert [(b["lang"], b["text"]) for b in blocks] == expected
+    assert all(b["tokens"] > 0 for b in blocks)
+    assert watch["rebuilds"] == 0, watch  # no finished block was ever touched again
+    assert watch["records"] > 1000  # ...while the open blocks changed all along
+    assert watch["shrank"] == [], watch["shrank"]  # no flicker: text and colours only grew
+    assert stats["finished"] == len(expected)  # each block coloured once, as it closed
+    assert 0 < stats["open"] <= watch["frames"]  # the open one at most once a frame
+    # ...each pass over its new lines only: colouring the whole open block again on every frame
+    # would colour its 37,000 characters some hundred times.
+    code = sum(len(text) for _, text in expected)
+    assert stats["chars"] < 4 * code, (stats, code)
+    same = """async (text) => { const { MarkdownStream } = await import('/ui/markdown.js');
+        const whole = document.createElement('div');
+        new MarkdownStream(whole).push(text);
+        return whole.innerHTML === document.querySelector('.turn.assistant .answer').innerHTML; }"""
+    assert pg.evaluate(same, BIG)  # streamed, it ends exactly as if it had come at once
+    print(
+        f"\n2,000 lines ({len(BIG):,} chars, {len(expected)} code blocks) in {took:.1f} s;"
+        f" {watch['frames']} frames, longest gap {watch['maxGap']:.0f} ms;"
+        f" colouring: {stats['open']} passes over the open block, {stats['ms']:.0f} ms in all,"
+        f" longest {stats['maxMs']:.1f} ms, {stats['chars'] / code:.2f} characters per one of code"
+    )
+    # The counts above are the proof; this only catches a page that froze (generous: the
+    # machine is shared, and a frame there can wait for a core).
+    assert watch["maxGap"] < 2000, watch
+
+    # The detector above does see a change to a finished block.
+    pg.evaluate("() => document.querySelector('.turn.assistant figure.code code').append('x')")
+    assert pg.evaluate("() => new Promise((r) => setTimeout(() => r(watch.rebuilds)))") == 1
+
+    # Shown again after a reload: all of it coloured at once, each block once.
+    pg.reload()
+    pg.wait_for_selector("#link[data-state=ok]")
+    again = pg.evaluate(STATS)
+    assert [(b["lang"], b["text"]) for b in code_blocks(pg)] == expected
+    assert (again["finished"], again["open"]) == (len(expected), 0)
+    print(f"reload: {len(expected)} blocks coloured in {again['ms']:.0f} ms")
