@@ -131,6 +131,9 @@ class UpstreamSettings(Strict):
     base_url: str | None = None  # openai: ".../v1"; anthropic: default https://api.anthropic.com
     endpoint_url: str | None = None  # bedrock: default https://bedrock-runtime.REGION.amazonaws.com
     region: str | None = None  # bedrock: default from the AWS configuration
+    # bedrock: ConverseStream (any model), or InvokeModelWithResponseStream with the model
+    # family's own body (Anthropic Messages for anthropic.* and ids no family claims, Llama).
+    api: Literal["converse", "invoke"] = "converse"
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     connect_timeout_seconds: float = Field(10.0, gt=0)
     # From the request sent to its first byte of text (a queue upstream counts), then between
@@ -147,6 +150,8 @@ class UpstreamSettings(Strict):
     def _where(self) -> UpstreamSettings:
         if self.type == "openai" and not self.base_url:
             raise ValueError("an openai provider needs base_url (e.g. http://host:8000/v1)")
+        if self.api != "converse" and self.type != "bedrock":
+            raise ValueError("api (converse or invoke) is for bedrock providers only")
         return self
 
 

@@ -16,6 +16,7 @@ from sluicegate.generation import Meter
 from sluicegate.providers.upstream import Finish, Piece, ToolInput, ToolStart, Upstream
 
 API_VERSION = "2023-06-01"
+BEDROCK_VERSION = "bedrock-2023-05-31"
 FINISHES: dict[str, StopReason] = {
     "max_tokens": "max_tokens",
     "stop_sequence": "stop_sequence",
@@ -49,31 +50,60 @@ class AnthropicProvider(Upstream):
         return self.client.build_request("POST", self.url, json=body(request), headers=headers)
 
     async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
+        reader = MessagesReader(self.name, meter)
         async for event in self.sse(response, meter):
             data = _json(event.data)
-            kind = data.get("type")
-            if kind == "error" or event.event == "error":
-                error = data.get("error", {})
-                cls = ERRORS.get(str(error.get("type")), errors.ModelStreamError)
-                raise cls(f"Provider {self.name} failed: {error.get('message', event.data)}")
-            if kind == "content_block_delta":
-                delta = data.get("delta", {})
-                text, fragment = delta.get("text"), delta.get("partial_json")
-                if isinstance(text, str):
-                    yield text
-                if isinstance(fragment, str) and fragment:
-                    yield ToolInput(fragment)
-            elif kind == "content_block_start":
-                block = data.get("content_block", {})
-                if block.get("type") == "tool_use":
-                    yield ToolStart(str(block.get("id", "")), str(block.get("name", "")))
-            elif kind in ("message_start", "message_delta"):
-                finish = _usage_and_reason(data, meter)
-                if finish is not None:
-                    yield finish
-            elif kind == "message_stop":
+            if event.event == "error" and data.get("type") != "error":
+                data = {"type": "error", "error": {"message": event.data}}
+            for piece in reader.feed(data):
+                yield piece
+            if reader.ended:
                 return
         raise errors.ModelStreamError(f"Provider {self.name} ended the stream before message_stop.")
+
+
+class MessagesReader:
+    """The Messages stream's events (SSE data, or Bedrock's decoded `chunk`s) as pieces, usage
+    into the meter; an error event is raised as ours. `ended` once message_stop came."""
+
+    def __init__(self, name: str, meter: Meter) -> None:
+        self.name = name
+        self.meter = meter
+        self.ended = False
+
+    def feed(self, data: dict[str, Any]) -> list[Piece]:
+        kind = data.get("type")
+        if kind == "error":
+            error = data.get("error") or {}
+            cls = ERRORS.get(str(error.get("type")), errors.ModelStreamError)
+            raise cls(f"Provider {self.name} failed: {error.get('message', data)}")
+        if kind == "content_block_delta":
+            return _delta(data.get("delta") or {})
+        if kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                return [ToolStart(str(block.get("id", "")), str(block.get("name", "")))]
+        elif kind in ("message_start", "message_delta"):
+            finish = _usage_and_reason(data, self.meter)
+            return [] if finish is None else [finish]
+        elif kind == "message_stop":
+            self.ended = True
+            _bedrock_metrics(data, self.meter)
+        return []
+
+
+def _delta(delta: dict[str, Any]) -> list[Piece]:
+    text, fragment = delta.get("text"), delta.get("partial_json")
+    out: list[Piece] = [text] if isinstance(text, str) else []
+    return [*out, ToolInput(fragment)] if isinstance(fragment, str) and fragment else out
+
+
+def _bedrock_metrics(data: dict[str, Any], meter: Meter) -> None:
+    """Bedrock's last chunk counts the tokens it bills: those win."""
+    metrics = data.get("amazon-bedrock-invocationMetrics")
+    if isinstance(metrics, dict):
+        meter.usage.input_tokens = int(metrics.get("inputTokenCount") or 0)
+        meter.usage.output_tokens = int(metrics.get("outputTokenCount") or 0)
 
 
 def body(request: ChatRequest) -> dict[str, Any]:
@@ -99,6 +129,14 @@ def body(request: ChatRequest) -> dict[str, Any]:
     }
     out.update({k: v for k, v in optional.items() if v is not None})
     return out
+
+
+def bedrock_body(request: ChatRequest) -> dict[str, Any]:
+    """The Messages body as Bedrock's InvokeModel takes it: its version in it, the model in
+    the path, and no `stream` key (Bedrock refuses both keys)."""
+    out = body(request)
+    del out["model"], out["stream"]
+    return {"anthropic_version": BEDROCK_VERSION, **out}
 
 
 def _tool_choice(choice: ToolChoice) -> dict[str, Any]:

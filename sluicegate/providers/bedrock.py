@@ -1,14 +1,17 @@
 """The `bedrock` provider: a real Bedrock Runtime (or anything that speaks it, another sluicegate
-included) through ConverseStream, async all the way: requests signed with botocore's SigV4
-signer from the standard AWS credential chain, the event stream read with our own sans-IO
-decoder over the pooled HTTP client (no thread per stream, no boto3 call on the event loop)."""
+included) through ConverseStream, or InvokeModelWithResponseStream with `api = "invoke"` (the
+model family's own body: providers/invoke.py), async all the way: requests signed with
+botocore's SigV4 signer from the standard AWS credential chain, the event stream read with our
+own sans-IO decoder over the pooled HTTP client (no thread per stream, no boto3 call on the
+event loop)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import botocore.session
 import httpx
@@ -29,6 +32,7 @@ from sluicegate.events import (
     ToolUse,
 )
 from sluicegate.generation import Meter
+from sluicegate.providers import invoke
 from sluicegate.providers.upstream import Finish, Piece, ToolInput, ToolStart, Upstream
 
 FINISHES: dict[str, StopReason] = {
@@ -42,11 +46,14 @@ EXCEPTIONS: dict[str, type[errors.SluicegateError]] = {
     "validationException": errors.ValidationError,
     "modelTimeoutException": errors.ModelTimeout,
     "serviceUnavailableException": errors.ServiceUnavailable,
+    "internalServerException": errors.SluicegateError,
+    "modelStreamErrorException": errors.ModelStreamError,
 }
+CONVERSE, INVOKE = "converse-stream", "invoke-with-response-stream"
 
 
 class BedrockProvider(Upstream):
-    """Streams from `endpoint_url`/model/{id}/converse-stream."""
+    """Streams from `endpoint_url`/model/{id}/converse-stream, or invoke-with-response-stream."""
 
     def __init__(self, name: str, settings: UpstreamSettings) -> None:
         super().__init__(name, settings)
@@ -57,23 +64,58 @@ class BedrockProvider(Upstream):
         self._session = session
 
     def describe(self) -> str:
-        return f"{self.name}: Bedrock Runtime at {self.endpoint} ({self.region}), ConverseStream"
+        api = "InvokeModelWithResponseStream" if self.invoking else "ConverseStream"
+        return f"{self.name}: Bedrock Runtime at {self.endpoint} ({self.region}), {api}"
+
+    @property
+    def invoking(self) -> bool:
+        return self.settings.api == "invoke"
 
     def outgoing(self, request: ChatRequest) -> httpx.Request:
-        return self._signed(request.model, json.dumps(body(request)).encode())
+        if self.invoking:
+            payload = invoke.shape_for(request.model).body(request)
+            return self._signed(request.model, json.dumps(payload).encode(), INVOKE)
+        return self._signed(request.model, json.dumps(body(request)).encode(), CONVERSE)
 
-    def _signed(self, model: str, payload: bytes) -> httpx.Request:
+    def _signed(self, model: str, payload: bytes, operation: str) -> httpx.Request:
         credentials = self._session.get_credentials()
         if credentials is None:
             raise errors.ServiceUnavailable(
                 f"Provider {self.name}: no AWS credentials found (environment, profile, role)."
             )
-        url = f"{self.endpoint}/model/{quote(model, safe='')}/converse-stream"
-        aws = AWSRequest("POST", url, data=payload, headers={"content-type": "application/json"})
+        url = f"{self.endpoint}/model/{quote(model, safe='')}/{operation}"
+        headers = {"content-type": "application/json"}
+        if operation == INVOKE:
+            headers["x-amzn-bedrock-accept"] = "application/json"
+        aws = AWSRequest("POST", url, data=payload, headers=headers)
         SigV4Auth(credentials.get_frozen_credentials(), "bedrock", self.region).add_auth(aws)
         return self.client.build_request("POST", url, content=payload, headers=dict(aws.headers))
 
-    async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
+    def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
+        return self._chunks(response, meter) if self.invoking else self._converse(response, meter)
+
+    async def _chunks(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
+        """InvokeModelWithResponseStream: each `chunk` event holds one of the family's chunks,
+        as base64 of its JSON."""
+        reader = invoke.shape_for(_model_of(response.request.url)).reader(self.name, meter)
+        async for kind, data in self._events(response, meter):
+            if kind == "chunk":
+                for piece in reader.feed(self._chunk(data)):
+                    yield piece
+                if reader.ended:
+                    return
+        raise errors.ModelStreamError(f"Provider {self.name} ended the stream before its end.")
+
+    def _chunk(self, data: dict[str, Any]) -> dict[str, Any]:
+        try:
+            chunk = json.loads(base64.b64decode(data.get("bytes") or "", validate=True))
+        except ValueError:  # not base64, not UTF-8, not JSON
+            chunk = None
+        if not isinstance(chunk, dict):
+            raise errors.ModelStreamError(f"Provider {self.name} sent an unreadable chunk.")
+        return chunk
+
+    async def _converse(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
         async for kind, data in self._events(response, meter):
             if kind == "contentBlockDelta":
                 delta = data.get("delta", {})
@@ -177,3 +219,8 @@ def _usage(data: dict[str, Any], meter: Meter) -> None:
     if isinstance(usage, dict):
         meter.usage.input_tokens = int(usage.get("inputTokens") or 0)
         meter.usage.output_tokens = int(usage.get("outputTokens") or 0)
+
+
+def _model_of(url: httpx.URL) -> str:
+    """The model id in a request's path (/model/{id}/operation), as sent."""
+    return unquote(url.raw_path.decode().split("?")[0].split("/")[-2])

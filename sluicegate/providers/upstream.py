@@ -11,6 +11,8 @@ client leave at once.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import os
 import time
@@ -20,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from sluicegate import errors
+from sluicegate import errors, telemetry
 from sluicegate.codecs.sse import ServerSentEvent, SSEError, SSEParser
 from sluicegate.config import UpstreamSettings
 from sluicegate.events import (
@@ -39,24 +41,55 @@ from sluicegate.generation import Meter
 
 
 class Limiter:
-    """At most `concurrency` streams at once; up to `queue` more wait; the rest are refused."""
+    """At most `concurrency` streams at once; up to `queue` more wait, in order; the rest are
+    refused. A place in the queue is taken at once (`take`), so the caller can answer its
+    client before it waits (`wait`)."""
 
     def __init__(self, concurrency: int, queue: int) -> None:
-        self._free = asyncio.Semaphore(concurrency)
+        self.free = concurrency
         self.queue = queue
-        self.waiting = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    async def acquire(self, name: str) -> None:
-        if self._free.locked() and self.waiting >= self.queue:
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def take(self, name: str) -> asyncio.Future[None] | None:
+        """A slot now (None), or a place in the queue: a future done once a slot is handed
+        to it. Throttled if the queue is full."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return None
+        if len(self._waiters) >= self.queue:
             raise errors.Throttled(f"Too many requests are waiting for {name}; retry shortly.")
-        self.waiting += 1
+        place = asyncio.get_running_loop().create_future()
+        self._waiters.append(place)
+        return place
+
+    async def wait(self, place: asyncio.Future[None]) -> None:
+        """Wait in the queue for a slot; leaving early gives up the place (or the slot, if one
+        was handed over meanwhile)."""
         try:
-            await self._free.acquire()
-        finally:
-            self.waiting -= 1
+            await place
+        except BaseException:
+            self.leave(place)
+            raise
+
+    def leave(self, place: asyncio.Future[None]) -> None:
+        if place.done() and not place.cancelled():
+            self.release()  # the slot came: pass it on
+            return
+        place.cancel()
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(place)
 
     def release(self) -> None:
-        self._free.release()
+        while self._waiters:
+            place = self._waiters.popleft()
+            if not place.done():
+                place.set_result(None)
+                return
+        self.free += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +157,10 @@ class Upstream:
                 connect=s.connect_timeout_seconds,
             ),
             limits=httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=32),
+            # With tracing on, one that makes each upstream call a child span.
+            transport=telemetry.transport(
+                httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=32)
+            ),
         )
         self.limiter = Limiter(s.max_concurrency, s.max_queue)
         self._readers: set[asyncio.Task[None]] = set()  # drains under way
@@ -159,7 +196,19 @@ class Upstream:
         """One message from the upstream. Closing it closes the upstream response at once
         (`abort`), or lets a reader finish it for the true usage (`drain`)."""
         outgoing = self.outgoing(request)
-        await self.limiter.acquire(self.name)
+        place = self.limiter.take(self.name)
+        if place is not None:
+            # Queued: the request is accepted now, so the door's answer (and its heartbeats)
+            # starts now too; what the upstream then says, errors included, comes in-band.
+            try:
+                for event in opening():
+                    yield event
+            except BaseException:  # closed at once (the client left): give the place up
+                self.limiter.leave(place)
+                raise
+            await self.limiter.wait(place)
+            outgoing = self.outgoing(request)  # signed afresh: the wait may have been long
+        meter.admit()
         release: Callable[[], object] = self.limiter.release
         response: httpx.Response | None = None
         try:
@@ -170,7 +219,7 @@ class Upstream:
                 response, release = None, _nothing  # the reader closes and releases them
             else:
                 source = self.pieces(response, meter)
-            for event in opening():
+            for event in opening() if place is None else []:
                 yield event
             reason: StopReason = "end_turn"
             blocks = Blocks()
