@@ -12,7 +12,7 @@ import pydantic
 import typer
 from rich.console import Console
 
-from sluicegate import accesslog, config
+from sluicegate import accesslog, config, telemetry
 from sluicegate.config import FunctionSettings, ProviderName, Route, Settings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.base import Provider
@@ -230,6 +230,14 @@ def serve(
             "standard output, with an access-log line for each request (see README)."
         ),
     ] = "text",
+    otel: Annotated[
+        bool,
+        typer.Option(
+            "--otel",
+            help="Export OpenTelemetry traces (needs the otel extra): to the OTLP endpoint "
+            "OTEL_EXPORTER_OTLP_* name [default: on when one is set, else off].",
+        ),
+    ] = False,
     bus: Annotated[
         str | None,
         typer.Option(
@@ -283,10 +291,24 @@ def serve(
     settings = settings.model_copy(update={k: v for k, v in listen.items() if v is not None})
     if settings.tls_port == settings.port:
         raise typer.BadParameter("must differ from --port", param_hint="--tls-port")
-    with serving.certificate(settings) as cert:
-        caught = _serve(settings, cert, log_level, json_log=log_format == "json")
+    start_tracing(otel)
+    try:
+        with serving.certificate(settings) as cert:
+            caught = _serve(settings, cert, log_level, json_log=log_format == "json")
+    finally:
+        telemetry.shutdown()  # the spans still buffered are sent
     for sig in caught:  # as uvicorn does: stop gracefully, then end as the signal asked
         signal.raise_signal(sig)
+
+
+def start_tracing(flag: bool) -> None:
+    try:
+        where = telemetry.configure(flag)
+    except RuntimeError as exc:
+        console.print(f"[red]cannot trace:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if where is not None:
+        console.print(f"[green]tracing[/green] {where}", highlight=False)
 
 
 def _serve(

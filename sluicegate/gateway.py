@@ -10,7 +10,7 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from sluicegate import accesslog, errors
+from sluicegate import accesslog, errors, telemetry
 from sluicegate.bus import bus_for
 from sluicegate.config import ProviderName, Settings
 from sluicegate.events import ChatRequest, Event
@@ -36,6 +36,7 @@ class Gateway:
         self.live_by_caller: Counter[str] = Counter()
         self.bus = bus_for(settings, self.generations)
         self.draining = False
+        self.tracing = telemetry.tracing(settings)  # None while tracing is off
         self.metrics.add_gauges("sluicegate_ended", self.ended_figures)
         local = providers.get("local")
         engine = getattr(local, "engine", None)
@@ -88,12 +89,19 @@ class Gateway:
         self.live_by_caller[caller] += 1
         # Registered while it waits for the provider too: a drain must see queued ones.
         self.generations[gen.id] = gen  # ended ones are forgotten as each one ends (_ended)
+        tracing = self.tracing
+        span = tracing.begin(gen, self._upstream(request).model) if tracing else None
         try:
             await gen.start()
-        except BaseException:
+        except BaseException as exc:
+            if tracing:
+                tracing.refused(gen, exc)
             self._release(gen)
             self.generations.pop(gen.id, None)
             raise
+        finally:
+            if tracing:
+                tracing.detach(span)
         m.started(gen)
         self.bus.announce(gen)
         accesslog.started(gen)
@@ -150,6 +158,8 @@ class Gateway:
         self._release(gen)
         self.metrics.finished(gen)
         accesslog.ended(gen)
+        if self.tracing:
+            self.tracing.ended(gen)
         self._forget_old()
 
     def _release(self, gen: Generation) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from sluicegate import errors
+from sluicegate import errors, telemetry
 from sluicegate.codecs.sse import ServerSentEvent, SSEError, SSEParser
 from sluicegate.config import UpstreamSettings
 from sluicegate.events import (
@@ -157,6 +157,10 @@ class Upstream:
                 connect=s.connect_timeout_seconds,
             ),
             limits=httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=32),
+            # With tracing on, one that makes each upstream call a child span.
+            transport=telemetry.transport(
+                httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=32)
+            ),
         )
         self.limiter = Limiter(s.max_concurrency, s.max_queue)
         self._readers: set[asyncio.Task[None]] = set()  # drains under way
