@@ -27,13 +27,21 @@ from sluicegate.config import Route as ModelRoute
 from sluicegate.config import Settings, UpstreamSettings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.bedrock import BedrockProvider
+from sluicegate.providers.scripted import ScriptedProvider
 from sluicegate.routes.bedrock import chunk_frame
 from tests.conftest import Server, serve, stop, wait_until
 from tests.e2e.test_matrix import CUT, DOORS, MAX, MODEL, PROMPT
 from tests.e2e.test_upstreams import serve_app
 
 UPSTREAM_MODEL = "scripted-invoke"
-STREAMING_DOORS = ["invoke-stream", "converse-stream", "anthropic", "openai-chat"]
+LLAMA = "meta.llama3-8b-instruct-v1:0"  # the upstream serves it with its scripted provider
+STREAMING_DOORS = [
+    "invoke-stream",
+    "converse-stream",
+    "anthropic",
+    "openai-chat",
+    "openai-responses",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -42,13 +50,15 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
 
 
-def invoking_gateway(url: str) -> tuple[Server, list[str]]:
+def invoking_gateway(
+    url: str, match: str = "anthropic.*", model: str = UPSTREAM_MODEL
+) -> tuple[Server, list[str]]:
     """A gateway whose provider calls `url` with InvokeModelWithResponseStream; the list
     collects the paths it posts to."""
     up = UpstreamSettings(type="bedrock", endpoint_url=url, region="us-east-1", api="invoke")
     settings = Settings(
         providers={"up": up},
-        routes=[ModelRoute(match="anthropic.*", provider="up", model=UPSTREAM_MODEL)],
+        routes=[ModelRoute(match=match, provider="up", model=model)],
     )
     provider = BedrockProvider("up", up)
     sent: list[str] = []
@@ -58,6 +68,17 @@ def invoking_gateway(url: str) -> tuple[Server, list[str]]:
 
     provider.client.event_hooks["request"].append(record)
     return serve(Gateway(settings, {"up": provider})), sent
+
+
+@pytest.fixture(scope="module")
+def llama() -> Iterator[tuple[Server, list[str]]]:
+    """A gateway in front of a sluicegate whose every model is scripted, Llama's id included."""
+    settings = Settings(routes=[ModelRoute(match="*", provider="scripted")])
+    upstream = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.002, length=64)}))
+    gw, sent = invoking_gateway(upstream.url, "meta.*", LLAMA)
+    yield gw, sent
+    stop(gw)
+    stop(upstream)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +113,20 @@ def test_every_door_over_an_invoke_upstream(
     ours = list(gw.gateway.generations.values())[-1]
     # the upstream's own count, from its last chunk's amazon-bedrock-invocationMetrics
     assert ours.usage.input_tokens == expected["usage"]["input_tokens"] > 0
+
+
+def test_a_llama_model_gets_its_prompt_template_and_chunks(llama: tuple[Server, list[str]]) -> None:
+    """meta.llama* ids take Llama's body: the upstream sluicegate reads the conversation back
+    out of the Llama 3 template (the scripted answer echoes the last user turn)."""
+    gw, sent = llama
+    client = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0)
+    turns = [{"role": "user", "content": "First."}, {"role": "assistant", "content": "Yes."},
+             {"role": "user", "content": "Hello river."}]  # fmt: skip
+    message = client.messages.create(model="meta.llama3-8b", max_tokens=6, messages=turns)
+    assert sent[-1] == f"/model/{LLAMA}/invoke-with-response-stream"
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "You said: Hello river. Streaming puts "
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 6
 
 
 def test_a_natural_end_is_end_turn(relay: tuple[Server, list[str]]) -> None:
