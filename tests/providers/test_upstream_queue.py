@@ -1,0 +1,63 @@
+"""An upstream provider's queue, driven directly (httpx's MockTransport as the upstream): a
+request that has to wait is accepted at once, and what the upstream says after the wait, a
+refusal included, comes after that, in-band; one that does not wait is refused before it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from sluicegate import errors
+from sluicegate.config import UpstreamSettings
+from sluicegate.events import BlockStart, ChatRequest, Message, MessageStart
+from sluicegate.generation import Meter
+from sluicegate.providers.bedrock import BedrockProvider
+
+REQUEST = ChatRequest("anthropic.claude-3", (Message("user", "hi"),), 5)
+
+
+@pytest.fixture(autouse=True)
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+
+
+def refusing() -> BedrockProvider:
+    """A provider with one slot whose upstream answers every request 429."""
+    settings = UpstreamSettings(type="bedrock", endpoint_url="http://up", max_concurrency=1)
+    provider = BedrockProvider("up", settings)
+    answer = httpx.Response(429, json={"message": "Rate exceeded"})
+    provider.client = httpx.AsyncClient(transport=httpx.MockTransport(lambda _: answer))
+    return provider
+
+
+def test_a_refusal_after_the_wait_comes_after_the_accept() -> None:
+    async def main() -> None:
+        provider = refusing()
+        assert provider.limiter.take("up") is None  # someone else holds the one slot
+        stream = provider.stream(REQUEST, Meter())
+        opened = [await anext(stream), await anext(stream)]  # accepted while it waits
+        assert isinstance(opened[0], MessageStart) and isinstance(opened[1], BlockStart)
+        assert provider.limiter.waiting == 1
+        waiting = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # nothing is sent upstream before a slot frees
+        provider.limiter.release()
+        with pytest.raises(errors.Throttled, match="Rate exceeded"):
+            await waiting
+        assert provider.limiter.free == 1 and provider.limiter.waiting == 0
+
+    asyncio.run(main())
+
+
+def test_a_refusal_without_a_wait_comes_before_anything() -> None:
+    async def main() -> None:
+        provider = refusing()
+        with pytest.raises(errors.Throttled, match="answered 429"):
+            await anext(provider.stream(REQUEST, Meter()))
+        assert provider.limiter.free == 1
+
+    asyncio.run(main())
