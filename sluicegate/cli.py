@@ -161,19 +161,21 @@ def _build(name: ProviderName, settings: Settings) -> Provider:
 
         s = settings.scripted
         return ScriptedProvider(delay=s.delay_ms / 1000, length=s.length)
+    from sluicegate.progress import console_steps
     from sluicegate.providers.engine import EngineConfig, EngineFailed
     from sluicegate.providers.local import LocalProvider, embedded_model_path, system_info
 
     path = settings.model or embedded_model_path()
     # Which kernels llama.cpp picked on this CPU: what its speed and numerics depend on.
     console.print(f"llama.cpp: {system_info()}", highlight=False)
-    with console.status(f"Loading {path.name} into the embedded engine..."):
-        q8_0 = settings.weights == "q8_0" or (settings.weights == "auto" and not settings.model)
-        try:
-            return LocalProvider(path, EngineConfig(**settings.engine.model_dump()), q8_0=q8_0)
-        except EngineFailed as exc:
-            console.print(f"[red]cannot serve {path.name}:[/red] {exc}")
-            raise typer.Exit(ENGINE_FAILED) from None
+    q8_0 = settings.weights == "q8_0" or (settings.weights == "auto" and not settings.model)
+    config = EngineConfig(**settings.engine.model_dump())
+    try:
+        # Loading (and converting, the first time) shows its progress: a bar in a terminal.
+        return LocalProvider(path, config, q8_0=q8_0, steps=console_steps(console))
+    except EngineFailed as exc:
+        console.print(f"[red]cannot serve {path.name}:[/red] {exc}")
+        raise typer.Exit(ENGINE_FAILED) from None
 
 
 @app.command()

@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import math
 import os
+import re
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,9 +27,10 @@ import jinja2.sandbox
 import llama_cpp
 from llama_cpp import _internals as llm
 
-from sluicegate import errors
+from sluicegate import errors, progress
 from sluicegate.events import ChatRequest, Event, Message, ToolResult, ToolUse
 from sluicegate.generation import Meter
+from sluicegate.progress import Steps
 from sluicegate.providers import toolcall
 from sluicegate.providers.base import Finish, Piece, text_message
 from sluicegate.providers.engine import Engine, EngineConfig, Sampling, Sequence, silence_llama_logs
@@ -129,7 +131,47 @@ log = logging.getLogger(__name__)
 FAST_TYPES = {0, 1, 7, 32}  # F32, F16, Q8_0, BF16
 
 
-def q8_0_weights(path: Path, cache: Path | None = None) -> Path:
+def load_model(path: Path, steps: Steps = progress.logged) -> llm.LlamaModel:
+    """A GGUF file loaded, as a step whose progress llama.cpp reports."""
+    silence_llama_logs()
+    with steps(f"Loading {path.name} ({path.stat().st_size / 1e6:.0f} MB)") as update:
+
+        def report(fraction: float, user_data: ctypes.c_void_p) -> bool:
+            update(fraction)
+            return True  # go on loading
+
+        params = model_params()
+        callback = llama_cpp.llama_progress_callback(report)  # alive while the file loads
+        params.progress_callback = callback
+        # verbose: llama.cpp's logs come to ours anyway, and a quiet load would point the
+        # process's stdout and stderr at /dev/null meanwhile, the progress bar with them.
+        return llm.LlamaModel(path_model=str(path), params=params, verbose=True)
+
+
+# A line of llama.cpp's quantizer log as it starts on a tensor: "[  12/ 272] blk.1.attn_k..."
+TENSOR_LINE = re.compile(rb"^\[\s*(\d+)/\s*(\d+)\]")
+
+
+def _quantize(source: Path, target: Path, params: Any, update: progress.Update) -> int:
+    """llama.cpp's conversion, its progress read from its log (a line per tensor)."""
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def seen(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        found = TENSOR_LINE.match(text)
+        if found:
+            update(int(found[1]) / max(1, int(found[2])))
+
+    llama_cpp.llama_log_set(seen, ctypes.c_void_p(0))
+    try:
+        failed: int = llama_cpp.llama_model_quantize(
+            str(source).encode(), str(target).encode(), ctypes.byref(params)
+        )
+        return failed
+    finally:
+        silence_llama_logs()
+
+
+def q8_0_weights(path: Path, cache: Path | None = None, steps: Steps = progress.logged) -> Path:
     """`path` with its weights as Q8_0, converted once into the cache directory."""
     st = path.stat()
     cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sluicegate"
@@ -142,10 +184,8 @@ def q8_0_weights(path: Path, cache: Path | None = None) -> Path:
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
     params.allow_requantize = True
     params.nthread = os.cpu_count() or 1
-    log.info("converting %s to Q8_0 in %s (once)", path.name, cache)
-    failed = llama_cpp.llama_model_quantize(
-        str(path).encode(), str(partial).encode(), ctypes.byref(params)
-    )
+    with steps(f"Converting {path.name} to Q8_0 (once, kept in {cache})") as update:
+        failed = _quantize(path, partial, params, update)
     if failed:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"could not convert {path} to Q8_0 (llama.cpp returned {failed})")
@@ -161,25 +201,32 @@ class LocalProvider:
 
     name = "local"
 
-    def __init__(self, model_path: Path, config: EngineConfig, *, q8_0: bool = False) -> None:
-        """`q8_0`: serve the weights converted to Q8_0 (see the module docstring)."""
+    def __init__(
+        self,
+        model_path: Path,
+        config: EngineConfig,
+        *,
+        q8_0: bool = False,
+        steps: Steps = progress.logged,
+    ) -> None:
+        """`q8_0`: serve the weights converted to Q8_0 (see the module docstring); `steps`
+        shows the loading and converting (a progress bar in a terminal: progress.py)."""
         silence_llama_logs()
         self.path = model_path
-        params = model_params()
-        self.model = llm.LlamaModel(path_model=str(model_path), params=params, verbose=False)
+        self.model = load_model(model_path, steps)
         self.metadata = self.model.metadata()
         self.defaults = sampling_defaults(model_path, self.metadata)
         self.weights = model_path
         if q8_0 and int(self.metadata.get("general.file_type", -1)) not in FAST_TYPES:
             try:
-                self.weights = q8_0_weights(model_path)
+                self.weights = q8_0_weights(model_path, steps=steps)
             except (OSError, RuntimeError) as exc:  # e.g. no writable cache directory
                 log.warning("serving %s as it is: no Q8_0 copy (%s)", model_path.name, exc)
         # The shipped weights stay loaded for the solo lane: faster for one sequence alone.
         solo = None
         if self.weights != model_path:
             solo = self.model
-            self.model = llm.LlamaModel(path_model=str(self.weights), params=params, verbose=False)
+            self.model = load_model(self.weights, steps)
         self.engine = Engine(self.model, config, solo_model=solo)
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         template = self.metadata.get("tokenizer.chat_template") or CHATML
