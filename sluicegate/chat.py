@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
+from rich.segment import Segment
 
 from sluicegate.codecs.sse import ServerSentEvent, SSEParser
 
@@ -375,6 +376,20 @@ def answer(door: Door, messages: list[Message], view: View) -> Answer:
     return Answer(text, ended, started, first, time.monotonic())
 
 
+class Tail:
+    """The last lines of a renderable that fit on the screen: Live can only redraw lines that
+    are still on it (it draws the whole answer once it ends)."""
+
+    def __init__(self, inner: RenderableType) -> None:
+        self.inner = inner
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lines = console.render_lines(self.inner, options, pad=False)
+        for line in lines[-max(1, console.height - 2) :]:
+            yield from line
+            yield Segment.line()
+
+
 class Terminal:
     """An answer as Markdown, rendered again as it grows (at most 15 times a second)."""
 
@@ -385,15 +400,16 @@ class Terminal:
 
     def show(self, text: str, final: bool) -> None:
         if self.live is None:
-            self.live = Live(console=self.console, auto_refresh=False, vertical_overflow="visible")
+            self.live = Live(console=self.console, auto_refresh=False)
             self.live.start()
         now = time.monotonic()
-        if final or now - self.shown > 1 / 15:
-            self.shown = now
-            self.live.update(Markdown(text), refresh=True)
         if final:
-            self.live.stop()
+            self.live.update(Markdown(text))
+            self.live.stop()  # with the whole answer
             self.live = None
+        elif now - self.shown > 1 / 15:
+            self.shown = now
+            self.live.update(Tail(Markdown(text)), refresh=True)
 
 
 class Plain:

@@ -4,6 +4,7 @@ keys for Ctrl-C and Ctrl-D, against a real server; what the server recorded is r
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -13,14 +14,17 @@ from typing import Any
 
 import httpx
 import pexpect
+import pyte
 import pytest
 
 from sluicegate.config import Route, Settings
+from sluicegate.events import ChatRequest, Message
 from sluicegate.gateway import Gateway
 from sluicegate.providers.scripted import ScriptedProvider
 from tests.conftest import Server, serve, stop, wait_until
 
 LENGTH = 30  # scripted words per answer
+LONG = 300  # words in a long one
 KEY = "chat-key-for-tests"
 # first token ms, output tokens (unknown after a disconnect), tokens/s (after the first), stop
 # reason, the generation's id
@@ -35,6 +39,14 @@ PROMPT = "\x1b[1;32m>\x1b[0m "  # as drawn: readline holds the terminal from the
 def scripted() -> Iterator[Server]:
     settings = Settings(routes=[Route(match="*", provider="scripted")])
     s = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.005, length=LENGTH)}))
+    yield s
+    stop(s)
+
+
+@pytest.fixture(scope="module")
+def long() -> Iterator[Server]:
+    settings = Settings(routes=[Route(match="*", provider="scripted")])
+    s = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.002, length=LONG)}))
     yield s
     stop(s)
 
@@ -57,14 +69,16 @@ def environment(**extra: str) -> dict[str, str]:
 
 
 class Chat:
-    """The client in a terminal of 200 columns."""
+    """The client in a terminal (of 50 rows and 200 columns unless told)."""
 
-    def __init__(self, url: str, *flags: str) -> None:
+    def __init__(self, url: str, *flags: str, size: tuple[int, int] = (50, 200)) -> None:
         self.url = url
         self.term = pexpect.spawn(
             sys.executable, command(url, *flags), env=environment(), encoding="utf-8",
-            timeout=60, dimensions=(50, 200),
+            timeout=60, dimensions=size,
         )  # fmt: skip
+        self.drawn = io.StringIO()  # every byte it wrote
+        self.term.logfile_read = self.drawn
         self.term.expect_exact("Ctrl-D leaves.")
         self.term.expect_exact(PROMPT)
 
@@ -143,6 +157,26 @@ def test_ctrl_c_stops_the_generation_on_the_server_and_the_loop_goes_on(scripted
     assert "You said: still there?" in ANSI.sub("", shown)
     assert figures[4] == "end_turn"
     assert chat.generation(figures)["turns"] == ["user", "assistant", "user"]
+    assert chat.leave() == 0
+
+
+def test_a_long_answer_in_a_short_terminal_ends_whole_in_the_scrollback(long: Server) -> None:
+    """Live redraws the answer's last lines while it grows (it cannot reach lines that have
+    scrolled away), then the whole of it: each line once, in order, on a real screen."""
+    rows, columns = 12, 100
+    chat = Chat(long.url, "--model", "scripted", size=(rows, columns))
+    chat.ask("a long answer")
+    screen = pyte.HistoryScreen(columns, rows, history=1000)
+    pyte.Stream(screen).feed(chat.drawn.getvalue())
+    kept = ["".join(c.data for c in line.values()) for line in screen.history.top]
+    lines = [line.rstrip() for line in [*kept, *screen.display]]
+    first = next(i for i, line in enumerate(lines) if line.startswith("You said:"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("first token"))
+    assert end - first > rows  # taller than the terminal
+    words = ScriptedProvider(length=LONG).words(
+        ChatRequest("scripted", (Message("user", "a long answer"),), 1024)
+    )
+    assert " ".join(lines[first:end]).split() == "".join(words).split()
     assert chat.leave() == 0
 
 
