@@ -12,7 +12,9 @@ model and sampling, the usage, the stop reason as `gen_ai.response.finish_reason
 `cancelled`, `disconnected`, `timeout`, `error`), its id, and the first token as an event. It
 is the current span while the provider starts, so the upstream call (`POST`, an HTTP client
 span with `server.address` and `http.response.status_code`, open until the response body is
-closed) is its child. No prompt, answer, key or header is ever recorded.
+closed) is its child; it sends `traceparent` upstream, and a request that brings one makes
+its generation's span a child of the caller's (routes/tracecontext.py). No prompt, answer,
+key or header is ever recorded.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sluicegate.config import Settings
 from sluicegate.generation import Generation
 
 try:
-    from opentelemetry import context, trace
+    from opentelemetry import context, propagate, trace
     from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 except ImportError:  # the `otel` extra is not installed: tracing stays off
     INSTALLED = False
@@ -112,6 +114,16 @@ def transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
     return TracedTransport(httpx.AsyncHTTPTransport(limits=limits), _tracer)
 
 
+def attach_caller(headers: dict[str, str]) -> object:
+    """Make the caller's trace (W3C `traceparent`, `tracestate`) current until `detach`: what
+    the request starts joins it."""
+    return context.attach(propagate.extract(headers))
+
+
+def detach(token: object) -> None:
+    context.detach(token)  # type: ignore[arg-type]
+
+
 def system_name(settings: Settings, provider: str) -> str:
     upstream = settings.providers.get(provider)
     if upstream is not None:
@@ -161,7 +173,7 @@ class Tracing:
         return context.attach(trace.set_span_in_context(span))
 
     def detach(self, token: object) -> None:
-        context.detach(token)  # type: ignore[arg-type]
+        detach(token)
 
     def refused(self, gen: Generation, exc: BaseException) -> None:
         """`gen` never started: the provider refused it, or it was cancelled while queued."""
@@ -215,6 +227,9 @@ class TracedTransport(httpx.AsyncBaseTransport):
             "url.full": str(url.copy_with(query=None, username=None, password=None)),
         }
         span = self.tracer.start_span(request.method, kind=SpanKind.CLIENT, attributes=attributes)
+        # The upstream's own spans (another sluicegate's...) join the trace, under this one.
+        # Added after SigV4 signing: a header the signature does not name changes nothing.
+        propagate.inject(request.headers, context=trace.set_span_in_context(span))
         try:
             response = await self.inner.handle_async_request(request)
         except BaseException as exc:

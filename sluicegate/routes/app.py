@@ -23,6 +23,7 @@ from sluicegate.routes import openai as openai_door
 from sluicegate.routes.connections import connections_api
 from sluicegate.routes.function_url import Functions
 from sluicegate.routes.guard import OriginGuard, host_names
+from sluicegate.routes.tracecontext import TraceContext
 from sluicegate.routes.websocket import WebSocketApi, cancel_all, close_all
 
 
@@ -134,7 +135,8 @@ def create_app(
                 OriginGuard,
                 allowed=gateway.settings.allowed_origins,
                 hosts=host_names(gateway.settings.host, gateway.settings.allowed_hosts),
-            )
+            ),
+            *([Middleware(TraceContext)] if gateway.tracing is not None else []),
         ],
         lifespan=lifespan,
     )

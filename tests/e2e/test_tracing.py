@@ -135,6 +135,19 @@ def test_a_stream_the_client_leaves_or_stops_says_so(
     no_prompt_in(spans)
 
 
+def test_a_caller_s_traceparent_makes_the_generation_its_child(
+    traced: Server, exported: InMemorySpanExporter
+) -> None:
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    ask = {"model": "scripted", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
+    assert httpx.post(traced.url + "/v1/messages", json=ask, headers=headers).status_code == 200
+    [span] = chat_spans(exported, 1)
+    assert span.context is not None and span.context.trace_id == int(trace_id, 16)
+    assert span.parent is not None and span.parent.span_id == int(parent_id, 16)
+    assert span.parent.is_remote
+
+
 def front(url: str) -> Server:
     """A gateway whose bedrock provider's upstream is at `url`."""
     upstream = UpstreamSettings(type="bedrock", endpoint_url=url, region="us-east-1")
@@ -166,7 +179,7 @@ def test_the_upstream_call_is_a_child_http_span(
     finally:
         stop(relay)
     [outer] = [s for s in spans if s.attributes and s.attributes["sluicegate.provider"] == "up"]
-    [inner] = [s for s in spans if s is not outer]  # the upstream sluicegate's own
+    [inner] = [s for s in spans if s is not outer]  # the upstream sluicegate's own span
     a = dict(outer.attributes or {})
     assert a["gen_ai.provider.name"] == "aws.bedrock"
     assert a["gen_ai.request.model"] == "anthropic.claude-otel"
@@ -184,6 +197,9 @@ def test_the_upstream_call_is_a_child_http_span(
     assert inner.attributes is not None and inner.attributes["gen_ai.request.model"] == (
         "scripted-upstream"
     )
+    # The upstream got `traceparent`: its generation is in the same trace, under the call.
+    assert inner.parent is not None and inner.parent.span_id == call.context.span_id
+    assert inner.context is not None and inner.context.trace_id == outer.context.trace_id
     # The call's span lasts as long as the stream: it ends once the body has been read.
     assert call.end_time is not None and inner.end_time is not None
     assert call.end_time >= inner.end_time
