@@ -76,6 +76,7 @@ class WsDoor:
         self._ws: Any = None
         self._id: str | None = None
         self._sent = threading.Event()
+        self._stopping = False
 
     def _connection(self) -> Any:
         from websockets.protocol import State
@@ -87,6 +88,7 @@ class WsDoor:
 
     def stream(self, messages: list[Message]) -> Iterator[Piece]:
         self._sent.clear()
+        self._stopping = False
         ws = self._connection()
         self._id = gen = "chat-" + secrets.token_hex(6)
         generate = {"action": "generate", "id": gen, "model": self.model,
@@ -111,6 +113,10 @@ class WsDoor:
                 return
 
     def stop(self) -> None:
+        if self._stopping:  # asked again: leave this connection to that answer's reader
+            self._ws = None
+            return
+        self._stopping = True
         # After the generate went out: the server handles a connection's messages in order.
         if self._sent.wait(10) and self._ws is not None:
             with contextlib.suppress(Exception):
@@ -133,14 +139,14 @@ class Http:
         return http.client.HTTPConnection(self.base.netloc, timeout=600)
 
     def post(self, path: str, body: dict[str, Any]) -> http.client.HTTPResponse:
-        conn = self._connect()
+        self._conn = conn = self._connect()  # before the answer starts: shutdown may come first
+        conn.connect()
         conn.request("POST", self.base.path.rstrip("/") + path, json.dumps(body), self.headers)
         response = conn.getresponse()
         if response.status != 200:
             detail = response.read(2000).decode("utf-8", "replace")
             conn.close()
             raise RuntimeError(f"HTTP {response.status}: {detail}")
-        self._conn = conn
         return response
 
     def events(self, path: str, body: dict[str, Any], id_header: str) -> Iterator[ServerSentEvent]:
@@ -212,9 +218,11 @@ class OpenAIDoor:
         self.model, self.max_tokens = model, max_tokens
         self._response: str | None = None
         self._created = threading.Event()
+        self._cancelling = False
 
     def stream(self, messages: list[Message]) -> Iterator[Piece]:
         self._created.clear()
+        self._cancelling = False
         body = {"model": self.model, "input": messages, "max_output_tokens": self.max_tokens,
                 "stream": True, "background": True}  # fmt: skip
         yield Sent()
@@ -235,6 +243,10 @@ class OpenAIDoor:
         yield Ended(None, None, self.http.request_id, "the stream ended early")
 
     def stop(self) -> None:
+        if self._cancelling:  # asked again: stop reading
+            self.http.shutdown()
+            return
+        self._cancelling = True
         if self._created.wait(10) and self._response is not None:
             with contextlib.suppress(Exception):
                 Http(urllib.parse.urlunsplit(self.http.base), self.http.headers).post(
@@ -260,7 +272,7 @@ class BedrockDoor:
         self._closed = False
 
     def stream(self, messages: list[Message]) -> Iterator[Piece]:
-        self._closed = False
+        self._closed, self._stream = False, None
         turns = [{"role": m["role"], "content": [{"text": m["content"]}]} for m in messages]
         yield Sent()
         response = self.client.converse_stream(
@@ -366,12 +378,11 @@ def answer(door: Door, messages: list[Message], view: View) -> Answer:
             text += piece
             view.show(text, False)
         except KeyboardInterrupt:
-            if stopping:
-                ended = Ended(None, error="stopped waiting for the server")
-                continue
-            stopping = True
             with contextlib.suppress(KeyboardInterrupt):
                 door.stop()
+            if stopping:
+                ended = Ended(None, error="stopped waiting for the server")
+            stopping = True
     view.show(text, True)
     return Answer(text, ended, started, first, time.monotonic())
 
