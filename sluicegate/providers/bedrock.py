@@ -99,12 +99,11 @@ class BedrockProvider(Upstream):
         as base64 of its JSON."""
         reader = invoke.shape_for(_model_of(response.request.url)).reader(self.name, meter)
         async for kind, data in self._events(response, meter):
-            if kind == "chunk":
+            if kind == "chunk":  # read to the last: some families' usage follows their end
                 for piece in reader.feed(self._chunk(data)):
                     yield piece
-                if reader.ended:
-                    return
-        raise errors.ModelStreamError(f"Provider {self.name} ended the stream before its end.")
+        if not reader.ended:
+            raise errors.ModelStreamError(f"Provider {self.name} ended the stream mid-answer.")
 
     def _chunk(self, data: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -45,12 +45,12 @@ class OpenAIProvider(Upstream):
             if event.data.strip() == "[DONE]":
                 return
             chunk = self._chunk(event.data)
-            _usage(chunk, meter)
-            for text in _texts(chunk):
+            chunk_usage(chunk, meter)
+            for text in chunk_texts(chunk):
                 yield text
             for piece in _tool_pieces(chunk, calls):
                 yield piece
-            finish = _choice(chunk).get("finish_reason")
+            finish = first_choice(chunk).get("finish_reason")
             if isinstance(finish, str):
                 yield Finish(FINISHES.get(finish, "end_turn"))
         raise errors.ModelStreamError(f"Provider {self.name} ended the stream without [DONE].")
@@ -127,7 +127,7 @@ def _messages(m: Message) -> list[dict[str, Any]]:
 
 def _tool_pieces(chunk: dict[str, Any], calls: set[int]) -> list[Piece]:
     """A chunk's tool call deltas: a call seen first starts (id and name), then its arguments."""
-    delta = _choice(chunk).get("delta")
+    delta = first_choice(chunk).get("delta")
     found = delta.get("tool_calls") if isinstance(delta, dict) else None
     out: list[Piece] = []
     for call in found if isinstance(found, list) else []:
@@ -145,20 +145,20 @@ def _tool_pieces(chunk: dict[str, Any], calls: set[int]) -> list[Piece]:
     return out
 
 
-def _choice(chunk: dict[str, Any]) -> dict[str, Any]:
+def first_choice(chunk: dict[str, Any]) -> dict[str, Any]:
     choices = chunk.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         return choices[0]
     return {}
 
 
-def _texts(chunk: dict[str, Any]) -> list[str]:
-    delta = _choice(chunk).get("delta")
+def chunk_texts(chunk: dict[str, Any]) -> list[str]:
+    delta = first_choice(chunk).get("delta")
     content = delta.get("content") if isinstance(delta, dict) else None
     return [content] if isinstance(content, str) and content else []
 
 
-def _usage(chunk: dict[str, Any], meter: Meter) -> None:
+def chunk_usage(chunk: dict[str, Any], meter: Meter) -> None:
     usage = chunk.get("usage")
     if isinstance(usage, dict):
         meter.usage.input_tokens = int(usage.get("prompt_tokens") or 0)

@@ -31,10 +31,17 @@ from sluicegate.providers.scripted import ScriptedProvider
 from sluicegate.routes.bedrock import chunk_frame
 from tests.conftest import Server, serve, stop, wait_until
 from tests.e2e.test_matrix import CUT, DOORS, MAX, MODEL, PROMPT
+from tests.e2e.test_tool_relay import DOORS as TOOL_DOORS
+from tests.e2e.test_tool_relay import INPUT, STOPS
 from tests.e2e.test_upstreams import serve_app
 
 UPSTREAM_MODEL = "scripted-invoke"
-LLAMA = "meta.llama3-8b-instruct-v1:0"  # the upstream serves it with its scripted provider
+# Families with bodies of their own, by the ids clients ask for and the ids sent upstream.
+FAMILIES = [
+    ("meta.", "meta.llama3-8b-instruct-v1:0"),
+    ("amazon.", "us.amazon.nova-lite-v1:0"),
+    ("openai.", "openai.gpt-oss-20b-1:0"),
+]
 STREAMING_DOORS = [
     "invoke-stream",
     "converse-stream",
@@ -50,15 +57,16 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
 
 
-def invoking_gateway(
-    url: str, match: str = "anthropic.*", model: str = UPSTREAM_MODEL
-) -> tuple[Server, list[str]]:
+def invoking_gateway(url: str, models: dict[str, str] | None = None) -> tuple[Server, list[str]]:
     """A gateway whose provider calls `url` with InvokeModelWithResponseStream; the list
     collects the paths it posts to."""
     up = UpstreamSettings(type="bedrock", endpoint_url=url, region="us-east-1", api="invoke")
     settings = Settings(
         providers={"up": up},
-        routes=[ModelRoute(match=match, provider="up", model=model)],
+        routes=[
+            ModelRoute(match=match, provider="up", model=model)
+            for match, model in (models or {"anthropic.*": UPSTREAM_MODEL}).items()
+        ],
     )
     provider = BedrockProvider("up", up)
     sent: list[str] = []
@@ -71,11 +79,11 @@ def invoking_gateway(
 
 
 @pytest.fixture(scope="module")
-def llama() -> Iterator[tuple[Server, list[str]]]:
+def families() -> Iterator[tuple[Server, list[str]]]:
     """A gateway in front of a sluicegate whose every model is scripted, Llama's id included."""
     settings = Settings(routes=[ModelRoute(match="*", provider="scripted")])
     upstream = serve(Gateway(settings, {"scripted": ScriptedProvider(delay=0.002, length=64)}))
-    gw, sent = invoking_gateway(upstream.url, "meta.*", LLAMA)
+    gw, sent = invoking_gateway(upstream.url, {f"{family}*": model for family, model in FAMILIES})
     yield gw, sent
     stop(gw)
     stop(upstream)
@@ -115,18 +123,36 @@ def test_every_door_over_an_invoke_upstream(
     assert ours.usage.input_tokens == expected["usage"]["input_tokens"] > 0
 
 
-def test_a_llama_model_gets_its_prompt_template_and_chunks(llama: tuple[Server, list[str]]) -> None:
-    """meta.llama* ids take Llama's body: the upstream sluicegate reads the conversation back
-    out of the Llama 3 template (the scripted answer echoes the last user turn)."""
-    gw, sent = llama
+@pytest.mark.parametrize(("family", "model"), FAMILIES)
+def test_each_familys_body_and_chunks(
+    family: str, model: str, families: tuple[Server, list[str]]
+) -> None:
+    """Llama 3's template, Nova's messages-v1, gpt-oss's Chat Completions: the upstream
+    sluicegate reads each body as Bedrock does (the scripted answer echoes the last user
+    turn: the conversation arrived), and its chunks read back as the answer."""
+    gw, sent = families
     client = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0)
     turns = [{"role": "user", "content": "First."}, {"role": "assistant", "content": "Yes."},
              {"role": "user", "content": "Hello river."}]  # fmt: skip
-    message = client.messages.create(model="meta.llama3-8b", max_tokens=6, messages=turns)
-    assert sent[-1] == f"/model/{LLAMA}/invoke-with-response-stream"
+    message = client.messages.create(model=family + "x", max_tokens=6, messages=turns)
+    assert sent[-1] == f"/model/{model}/invoke-with-response-stream"  # as decoded
     assert message.content[0].type == "text"
     assert message.content[0].text == "You said: Hello river. Streaming puts "
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 6
+    assert message.usage.input_tokens > 0
+
+
+@pytest.mark.parametrize("door", list(TOOL_DOORS))
+def test_a_tool_call_and_its_result_over_the_messages_body(
+    door: str, relay: tuple[Server, list[str]]
+) -> None:
+    """Tools go up in the Messages body; the call streams back as tool_use chunks."""
+    gw, sent = relay
+    (call_id, name, given, stop_reason), answer = TOOL_DOORS[door](gw)
+    assert sent[-1].endswith("/invoke-with-response-stream")
+    assert call_id.startswith("toolu_")  # the upstream's own id, passed through
+    assert (name, given, stop_reason) == ("get_weather", INPUT, STOPS[door])
+    assert answer.startswith("Tool results: 18 degrees")
 
 
 def test_a_natural_end_is_end_turn(relay: tuple[Server, list[str]]) -> None:
