@@ -378,6 +378,8 @@ def models(config_file: ConfigOpt = None, model: ModelOpt = None, route: RouteOp
     for r in settings.routes:
         upstream = settings.providers.get(r.provider)
         where: str = "built in" if upstream is None else upstream.type
+        if upstream is not None and upstream.api == "invoke":
+            where += ", InvokeModelWithResponseStream"
         if upstream is not None and (upstream.base_url or upstream.endpoint_url):
             where += f" at {upstream.base_url or upstream.endpoint_url}"
         sent = f", sent as {r.model!r}" if r.model else ""

@@ -62,6 +62,9 @@ def test_models_shows_upstreams_and_the_model_ids_sent(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     assert "'gpt-*'" in out.output and "-> gpu (openai at http://127.0.0.1:9/v1)" in out.output
     assert "-> prod (bedrock), sent as 'us.anthropic.claude-sonnet-4-20250514-v1:0'" in out.output
+    config.write_text(UPSTREAMS.replace('region = "eu-west-1"', 'api = "invoke"'))
+    out = runner.invoke(app, ["models", "--config", str(config)])
+    assert "-> prod (bedrock, InvokeModelWithResponseStream), sent as" in out.output
 
 
 @pytest.mark.parametrize(
@@ -72,6 +75,8 @@ def test_models_shows_upstreams_and_the_model_ids_sent(tmp_path: Path) -> None:
         (UPSTREAMS.replace('base_url = "http://127.0.0.1:9/v1"\n', ""), "providers.gpu"),
         (UPSTREAMS.replace('"GPU_KEY"', '"sk-live-123 456"'), "providers.gpu.api_key_env"),
         (UPSTREAMS + "[providers.local]\ntype = 'openai'\nbase_url = 'x'\n", "built-in"),
+        (UPSTREAMS.replace('region = "eu-west-1"', 'api = "invokes"'), "providers.prod.api"),
+        (UPSTREAMS.replace('api_key_env = "GPU_KEY"', 'api = "invoke"'), "api (converse or"),
     ],
 )
 def test_a_bad_provider_config_is_refused_naming_the_key(
