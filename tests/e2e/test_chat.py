@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,8 +96,10 @@ class Chat:
         self.term.expect_exact(PROMPT)
         return shown, figures
 
-    def generation(self, figures: re.Match[str]) -> dict[str, Any]:
-        found: dict[str, Any] = httpx.get(f"{self.url}/sluicegate/generations/{figures[5]}").json()
+    def generation(self, figures: re.Match[str] | str) -> dict[str, Any]:
+        """What the server recorded for the answer these figures are about (or for an id)."""
+        gen_id = figures if isinstance(figures, str) else figures[5]
+        found: dict[str, Any] = httpx.get(f"{self.url}/sluicegate/generations/{gen_id}").json()
         return found
 
     def leave(self) -> int | None:
@@ -177,6 +180,21 @@ def test_a_long_answer_in_a_short_terminal_ends_whole_in_the_scrollback(long: Se
         ChatRequest("scripted", (Message("user", "a long answer"),), 1024)
     )
     assert " ".join(lines[first:end]).split() == "".join(words).split()
+    assert chat.leave() == 0
+
+
+def test_ctrl_c_before_the_first_token(scripted: Server) -> None:
+    """Ctrl-C while the model has said nothing yet: stopped on the server, nothing produced."""
+    chat = Chat(scripted.url, "--model", "scripted")
+    chat.term.sendline("slow to start sluicegate:delay-ms=3000")
+    chat.term.expect_exact("slow to start sluicegate:delay-ms=3000")  # the echo
+    time.sleep(0.3)  # the first word is due 3 s after the request
+    chat.term.sendcontrol("c")
+    chat.term.expect(r"(?<!\d)0 tokens · cancelled · ([\w-]+)")
+    assert isinstance(chat.term.match, re.Match)
+    stopped = chat.generation(chat.term.match[1])
+    assert (stopped["stop_reason"], stopped["produced_tokens"]) == ("cancelled", 0)
+    chat.term.expect_exact(PROMPT)
     assert chat.leave() == 0
 
 
