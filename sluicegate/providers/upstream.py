@@ -207,11 +207,12 @@ class Upstream:
                 self.limiter.leave(place)
                 raise
             await self.limiter.wait(place)
-            outgoing = self.outgoing(request)  # signed afresh: the wait may have been long
         meter.admit()
         release: Callable[[], object] = self.limiter.release
         response: httpx.Response | None = None
         try:
+            if place is not None:
+                outgoing = self.outgoing(request)  # signed afresh: the wait may have been long
             response = await self.open(outgoing, meter)
             source: AsyncIterator[Piece]
             if self.settings.on_disconnect == "drain":

@@ -61,3 +61,30 @@ def test_a_refusal_without_a_wait_comes_before_anything() -> None:
         assert provider.limiter.free == 1
 
     asyncio.run(main())
+
+
+def test_a_request_that_fails_after_the_wait_gives_its_slot_back() -> None:
+    async def main() -> None:
+        provider = refusing()
+        calls = []
+        build = provider.outgoing
+
+        def outgoing(request: ChatRequest) -> httpx.Request:
+            calls.append(request)
+            if len(calls) > 1:  # signed again after the wait: the credentials are gone now
+                raise errors.ServiceUnavailable("no AWS credentials found")
+            return build(request)
+
+        provider.outgoing = outgoing  # type: ignore[method-assign]
+        assert provider.limiter.take("up") is None
+        stream = provider.stream(REQUEST, Meter())
+        await anext(stream)
+        await anext(stream)
+        waiting = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0)
+        provider.limiter.release()
+        with pytest.raises(errors.ServiceUnavailable, match="credentials"):
+            await waiting
+        assert provider.limiter.free == 1 and provider.limiter.waiting == 0
+
+    asyncio.run(main())
