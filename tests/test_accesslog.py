@@ -1,0 +1,46 @@
+"""The access log's pieces that need no server: keys in query strings hidden from uvicorn's
+lines (in either log format), and the JSON formatter."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from sluicegate import accesslog
+
+
+def test_a_key_in_a_query_string_never_reaches_uvicorn_s_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    accesslog.redact_uvicorn()
+    with caplog.at_level(logging.INFO):
+        # As uvicorn's WebSocket and access lines say it.
+        logging.getLogger("uvicorn.error").info(
+            '%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", "/ws?token=sk-secret&owner=me"
+        )
+        logging.getLogger("uvicorn.access").info(
+            '%s - "%s %s HTTP/%s" %d',
+            "127.0.0.1:5000",
+            "GET",
+            "/fn/x/?api_key=sk-other&X-Amz-Signature=abc123",
+            "1.1",
+            200,
+        )
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        '127.0.0.1:5000 - "WebSocket /ws?token=***&owner=me" [accepted]',
+        '127.0.0.1:5000 - "GET /fn/x/?api_key=***&X-Amz-Signature=*** HTTP/1.1" 200',
+    ]
+
+
+def test_a_record_is_one_json_object_with_its_fields() -> None:
+    record = logging.LogRecord("sluicegate.access", logging.INFO, "", 0, "access", None, None)
+    record.fields = {"door": "ws", "status": None, "output_tokens": 4}
+    line = accesslog.JsonFormatter().format(record)
+    assert "\n" not in line
+    out = json.loads(line)
+    assert out["logger"] == "sluicegate.access" and out["level"] == "info"
+    assert out["door"] == "ws" and out["status"] is None and out["output_tokens"] == 4
+    assert out["time"].endswith("Z") and out["message"] == "access"
