@@ -154,11 +154,16 @@ class Redact(logging.Filter):
     """Hides the values of secret query parameters in a record's message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        hidden = SECRET_QUERY.sub(r"\1***", message)
-        if hidden != message:
-            record.msg, record.args = hidden, None
+        # In the arguments, where they are: uvicorn's access formatter unpacks them.
+        if isinstance(record.args, tuple):
+            record.args = tuple(_hide(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = _hide(record.msg)
         return True
+
+
+def _hide(text: str) -> str:
+    return SECRET_QUERY.sub(r"\1***", text) if "=" in text else text
 
 
 def redact_uvicorn() -> None:
