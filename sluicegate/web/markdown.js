@@ -170,7 +170,7 @@ export class MarkdownStream {
     f.shown = f.text.length;
     if (settled) {
       f.from = f.shown;
-      f.live = f.done.appendChild(el("span"));
+      f.live = f.done.appendChild(el("span", "part"));
     }
     stats.open += 1;
     f.paintedAt = performance.now();
@@ -188,10 +188,11 @@ export class MarkdownStream {
     const pre = el("pre");
     const code = el("code");
     if (lang) code.dataset.lang = lang;
-    // coloured lines (in `live`, those coloured again as more come), complete lines not
+    // coloured lines, in parts (`live`, the last, is coloured again as more come; each part
+    // is a CSS block, so layout after a new line redoes that part only), complete lines not
     // coloured yet, the line still arriving
-    const done = el("span");
-    const live = done.appendChild(el("span"));
+    const done = el("span", "lines");
+    const live = done.appendChild(el("span", "part"));
     const fixed = document.createTextNode("");
     const partial = document.createTextNode("");
     code.append(done, fixed, partial);

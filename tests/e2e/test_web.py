@@ -489,7 +489,8 @@ SMALL = (
     "def greet(name: str) -> str:\n"
     '    """Say hello."""\n'
     "    return f\"Hello, {name} <&> 'you'\"  # a comment\n"
-    '```\n\nAnd to run it:\n\n```sh\necho "$HOME" && ls -la\n```\n\nDone.\n'
+    '```\n\nAnd to run it:\n\n```sh\necho "$HOME" && ls -la\n```\n\n'
+    "```zzz\nno such language: <plain> & 'as is'\n```\n\nDone.\n"
 )
 FENCED = re.compile(r"^```(\w+)\n(.*?)^```\n", re.DOTALL | re.MULTILINE)
 
@@ -587,7 +588,8 @@ def test_code_is_coloured_and_copies_as_plain_text(code_page: Page) -> None:
     assert wait_ended(pg)["text"] == SMALL
     blocks = code_blocks(pg)
     assert [(b["lang"], b["text"]) for b in blocks] == FENCED.findall(SMALL)
-    assert all(b["tokens"] > 0 and b["others"] == 0 for b in blocks), blocks  # spans only
+    assert [b["tokens"] > 0 for b in blocks] == [True, True, False], blocks  # zzz: plain
+    assert all(b["others"] == 0 for b in blocks), blocks  # spans and text, nothing else
     python = pg.locator(".turn.assistant figure.code").first
     keywords = python.locator(".hljs-keyword").all_inner_texts()
     assert "def" in keywords and "return" in keywords
@@ -687,9 +689,13 @@ def test_a_2000_line_answer_keeps_the_page_responsive(code_page: Page) -> None:
     # The long last block is coloured while it is still open (and still arriving).
     open_and_coloured = """() => { const t = sluicegate.state.turns.at(-1);
         const code = document.querySelector('.turn.assistant:last-child figure:last-child code');
-        return t.status === 'streaming' && code?.textContent.startsWith('def step_99_0')
-            && code.textContent.length > 20000 && code.querySelector('.hljs-keyword') !== null; }"""
-    pg.wait_for_function(open_and_coloured, timeout=90_000)
+        if (!(t.status === 'streaming' && code?.textContent.startsWith('def step_99_0')
+              && code.textContent.length > 20000 && code.querySelector('.hljs-keyword'))) return;
+        const row = parseFloat(getComputedStyle(code).lineHeight);
+        const rows = code.getBoundingClientRect().height / row;
+        return { lines: code.textContent.replace(/\\n$/, '').split('\\n').length, rows }; }"""
+    shown = pg.wait_for_function(open_and_coloured, timeout=90_000).json_value()
+    assert abs(shown["rows"] - shown["lines"]) < 0.5, shown  # as many rows as lines, no gaps
     turn = wait_ended(pg)
     took = time.monotonic() - started
     watch = pg.evaluate("() => { watch.stopped = true; return { ...watch }; }")
