@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import pydantic
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sluicegate import accesslog, config, telemetry
 from sluicegate.config import FunctionSettings, ProviderName, Route, Settings
@@ -304,10 +305,17 @@ def serve(
 
 
 def start_tracing(flag: bool) -> None:
+    if not flag and telemetry.wanted(flag) and not telemetry.INSTALLED:
+        console.print(
+            "[yellow]warning:[/yellow] an OTLP endpoint is set (OTEL_EXPORTER_OTLP_*) but the "
+            "otel extra is not installed: no traces (pip install 'sluicegate\\[otel]')",
+            highlight=False,
+        )
+        return
     try:
         where = telemetry.configure(flag)
     except RuntimeError as exc:
-        console.print(f"[red]cannot trace:[/red] {exc}", highlight=False)
+        console.print(f"[red]cannot trace:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     if where is not None:
         console.print(f"[green]tracing[/green] {where}", highlight=False)

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -301,3 +302,21 @@ def test_serve_exports_to_the_endpoint_the_environment_names() -> None:
     assert attributes["gen_ai.usage.output_tokens"].int_value == 3
     assert attributes["sluicegate.door"].string_value == "anthropic"
     assert PROMPT.encode() not in b"".join(received)
+
+
+WITHOUT_OTEL = """
+import sys
+sys.modules["opentelemetry"] = None  # as if the otel extra were not installed
+sys.argv = ["sluicegate", "serve", "--route", "*=scripted", "--port", "9", "--otel"]
+from sluicegate.cli import main
+main()
+"""
+
+
+def test_otel_without_the_extra_is_refused_at_start_up() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_OTEL], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "pip install 'sluicegate[otel]'" in done.stderr.decode()
