@@ -140,6 +140,9 @@ class UpstreamSettings(Strict):
     # two chunks: either ends the stream with an in-band timeout, never a hang.
     first_byte_timeout_seconds: float = Field(60.0, gt=0)
     idle_timeout_seconds: float = Field(60.0, gt=0)
+    # An upstream that has not answered (its status line) within this is taken as accepted:
+    # the door's answer and its heartbeats start; the upstream's errors then come in-band.
+    accept_after_seconds: float = Field(5.0, gt=0)
     max_concurrency: int = Field(64, ge=1)
     max_queue: int = Field(256, ge=0)
     # When the client leaves: close the upstream stream at once (abort), or read it to its end

@@ -213,14 +213,26 @@ class Upstream:
         try:
             if place is not None:
                 outgoing = self.outgoing(request)  # signed afresh: the wait may have been long
-            response = await self.open(outgoing, meter)
+            answer = asyncio.ensure_future(self.open(outgoing, meter))
+            accepted = place is not None
+            try:
+                if not accepted:
+                    await asyncio.wait({answer}, timeout=self.settings.accept_after_seconds)
+                    if not answer.done():  # a slow upstream: accepted now, as if queued
+                        for event in opening():
+                            yield event
+                        accepted = True
+                response = await answer
+            except BaseException:
+                await _abandon(answer)
+                raise
             source: AsyncIterator[Piece]
             if self.settings.on_disconnect == "drain":
                 source = self._drained(response, meter)
                 response, release = None, _nothing  # the reader closes and releases them
             else:
                 source = self.pieces(response, meter)
-            for event in opening() if place is None else []:
+            for event in [] if accepted else opening():
                 yield event
             reason: StopReason = "end_turn"
             blocks = Blocks()
@@ -387,6 +399,15 @@ def _message(body: bytes) -> str:
 
 def _nothing() -> None:
     return None
+
+
+async def _abandon(opening: asyncio.Future[httpx.Response]) -> None:
+    """Stop waiting for an upstream's answer; close it if it came all the same."""
+    if opening.cancel():
+        with contextlib.suppress(asyncio.CancelledError):
+            await opening  # cancelling it closes the connection
+    elif not opening.cancelled() and opening.exception() is None:
+        await opening.result().aclose()
 
 
 def opening() -> list[Event]:

@@ -8,6 +8,7 @@ slot is held by a slow boto3 stream read to its end in a thread.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -19,12 +20,18 @@ from typing import Any
 import httpx
 import pytest
 from botocore.exceptions import ClientError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
+from sluicegate.codecs import eventstream
 from sluicegate.config import Route as ModelRoute
 from sluicegate.config import Settings, UpstreamSettings
 from sluicegate.gateway import Gateway
 from sluicegate.providers.bedrock import BedrockProvider
 from tests.conftest import Server, serve, stop, wait_until
+from tests.e2e.test_upstreams import frames, serve_app
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 BEAT = 0.2
@@ -185,3 +192,47 @@ def test_a_queued_client_that_leaves_gives_its_place_back(relay: Server, server:
     assert not set(server.gateway.generations) - before  # nothing was sent upstream for it
     with httpx.stream("POST", relay.url + "/v1/messages", json=chat_body(), timeout=30) as r:
         assert "message_stop" in r.read().decode()  # and the slot serves the next one
+
+
+# -- an upstream slow to answer at all ------------------------------------------------------------
+
+
+def late_upstream(delay: float) -> Starlette:
+    """A ConverseStream upstream that holds its status line for `delay` (as a server with one
+    slot does while it is busy), then answers three words."""
+
+    async def endpoint(request: Request) -> Response:
+        await request.body()
+        await asyncio.sleep(delay)
+        pieces = [*frames(["one ", "two ", "three "]),
+                  eventstream.event("messageStop", b'{"stopReason": "end_turn"}')]  # fmt: skip
+        return StreamingResponse(iter(pieces), media_type="application/vnd.amazon.eventstream")
+
+    path = "/model/{model:path}/converse-stream"
+    return Starlette(routes=[Route(path, endpoint, methods=["POST"])])
+
+
+@pytest.mark.parametrize("door", list(SSE))
+def test_an_upstream_slow_to_answer_gets_the_answer_started_with_heartbeats(door: str) -> None:
+    url, done = serve_app(late_upstream(1.5))
+    up = UpstreamSettings(type="bedrock", endpoint_url=url, accept_after_seconds=0.2)
+    settings = Settings(
+        providers={"up": up},
+        routes=[ModelRoute(match="anthropic.*", provider="up")],
+        sse_heartbeat_seconds=BEAT,
+    )
+    gw = serve(Gateway(settings, {"up": BedrockProvider("up", up)}))
+    try:
+        path, beat, text = SSE[door]
+        asked = time.monotonic()
+        reader = Reader(gw.url + path)
+        assert reader.opened.wait(10) and reader.status == 200
+        assert reader.opened_at - asked < 1.2  # before the upstream answered, at 1.5 s
+        reader.thread.join(20)
+        lines = reader.lines
+        first = next(i for i, (_, line) in enumerate(lines) if text.search(line))
+        assert len([line for _, line in lines[:first] if line == beat]) >= 3
+        assert len(text.findall("\n".join(line for _, line in lines))) == 3
+    finally:
+        stop(gw)
+        done()

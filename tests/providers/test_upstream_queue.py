@@ -88,3 +88,50 @@ def test_a_request_that_fails_after_the_wait_gives_its_slot_back() -> None:
         assert provider.limiter.free == 1 and provider.limiter.waiting == 0
 
     asyncio.run(main())
+
+
+def slow(delay: float, answer: httpx.Response, seen: list[str]) -> BedrockProvider:
+    """A provider whose upstream takes `delay` to answer (its status line)."""
+    settings = UpstreamSettings(
+        type="bedrock", endpoint_url="http://up", max_concurrency=1, accept_after_seconds=0.05
+    )
+    provider = BedrockProvider("up", settings)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append("asked")
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        return answer
+
+    provider.client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return provider
+
+
+def test_a_slow_upstream_is_accepted_and_its_refusal_comes_after() -> None:
+    async def main() -> None:
+        seen: list[str] = []
+        provider = slow(0.3, httpx.Response(429, json={"message": "Rate exceeded"}), seen)
+        stream = provider.stream(REQUEST, Meter())
+        opened = [await anext(stream), await anext(stream)]  # before the upstream answered
+        assert isinstance(opened[0], MessageStart) and seen == ["asked"]
+        with pytest.raises(errors.Throttled, match="Rate exceeded"):
+            await anext(stream)
+        assert provider.limiter.free == 1
+
+    asyncio.run(main())
+
+
+def test_leaving_while_a_slow_upstream_answers_cancels_the_call() -> None:
+    async def main() -> None:
+        seen: list[str] = []
+        provider = slow(5, httpx.Response(429), seen)
+        stream = provider.stream(REQUEST, Meter())
+        await anext(stream)
+        await anext(stream)
+        await stream.aclose()  # the client left before the upstream answered
+        assert seen == ["asked", "cancelled"] and provider.limiter.free == 1
+
+    asyncio.run(main())
