@@ -3,7 +3,8 @@ real uvicorn: its answer starts at once, with heartbeats every `sse_heartbeat_se
 doors until its first token; it then gets the whole answer. A full queue is each door's 429.
 
 The upstream is a second sluicegate (the session's `server`, its scripted provider); its one
-slot is held by a slow boto3 stream read to its end in a thread.
+slot is held by a slow boto3 stream read to its end in a thread. Last, an upstream that holds its
+status line (a fake): past `accept_after_seconds` the answer starts the same way.
 """
 
 from __future__ import annotations
