@@ -2,6 +2,13 @@
 // is HTML text; it becomes DOM here, spans and text nodes built one by one (never innerHTML),
 // so model output still only ever becomes text, and a CSS class is all a colour needs.
 import hljs from "./vendor/highlight.min.js";
+import dockerfile from "./vendor/dockerfile.min.js";
+import powershell from "./vendor/powershell.min.js";
+
+// Beyond the bundle's common languages: two that code answers often use, and a label they do.
+hljs.registerLanguage("dockerfile", dockerfile);
+hljs.registerLanguage("powershell", powershell);
+hljs.registerAliases(["python3", "py3"], { languageName: "python" });
 
 /** What highlighting has cost so far on this page (for tests and the curious). */
 export const stats = { finished: 0, open: 0, chars: 0, ms: 0, maxMs: 0 };
