@@ -61,6 +61,7 @@ class EngineSettings(Strict):
     n_threads: int = Field(2, ge=1)
     # One thread while another busy process shares the cores (see providers/llamacpp.Threads).
     adaptive_threads: bool = True
+    flash_attn: bool = True  # in the unified layout only (see providers/scheduler.EngineConfig)
     max_queue: int = Field(256, ge=0)
 
 

@@ -48,11 +48,13 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 class SoloLane:
     """A one-sequence context on other weights, for a sequence that decodes alone."""
 
-    def __init__(self, model: llm.LlamaModel, n_ctx: int, n_threads: int) -> None:
+    def __init__(self, model: llm.LlamaModel, n_ctx: int, n_threads: int, flash: int) -> None:
+        """`flash`: the batch context's flash attention type (its cells' layout follows it,
+        and cells move between the two)."""
         p = llama_cpp.llama_context_default_params()
         p.n_ctx, p.n_seq_max, p.n_batch, p.n_ubatch = n_ctx, 1, 64, 64
         p.n_threads = p.n_threads_batch = n_threads
-        p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.flash_attn_type = flash
         p.no_perf = True
         self.ctx = llm.LlamaContext(model=model, params=p, verbose=False)
         self.batch = llm.LlamaBatch(n_tokens=64, embd=0, n_seq_max=1, verbose=False)
@@ -228,14 +230,17 @@ class Llama:
         self.config = config
         self.stats = stats
         self.unified = config.kv == "unified"
-        self.ctx = llm.LlamaContext(model=model, params=context_params(config), verbose=False)
+        params = context_params(config)
+        self.ctx = llm.LlamaContext(model=model, params=params, verbose=False)
         self.batch = llm.LlamaBatch(
             n_tokens=config.n_batch, embd=0, n_seq_max=config.n_parallel + 1, verbose=False
         )
         self.n_ctx_seq = min(config.n_ctx, model.n_ctx_train())
         self.solo: SoloLane | None = None
         if solo_model is not None and config.solo and self.unified:
-            self.solo = SoloLane(solo_model, self.n_ctx_seq, config.n_threads)
+            self.solo = SoloLane(
+                solo_model, self.n_ctx_seq, config.n_threads, params.flash_attn_type
+            )
         self.kv_used = 0  # as last counted, after every change to the cells
         self.threads = Threads(config.n_threads)
         self._width: dict[int, int] = {}  # threads each context is set to, by its address
@@ -387,9 +392,13 @@ def context_params(config: EngineConfig) -> Any:
     p.n_ctx = config.n_ctx if p.kv_unified else config.n_ctx * p.n_seq_max
     p.n_batch = p.n_ubatch = config.n_batch
     p.n_threads = p.n_threads_batch = config.n_threads
-    # Measured on 2 cores: no faster with flash attention, and without it a sequence's
-    # logits do not depend on its batch neighbours (only on where its cells lie).
-    p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    # Flash attention: faster steps with many sequences (EngineConfig.flash_attn); without it
+    # a sequence's logits do not depend on its batch neighbours, which the per-sequence
+    # layout promises.
+    on = config.flash_attn and p.kv_unified
+    p.flash_attn_type = (
+        llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if on else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    )
     p.no_perf = True
     return p
 

@@ -47,6 +47,10 @@ class EngineConfig:
     n_threads: int = 2
     # Go down to one thread while another process keeps the cores busy (llamacpp.Threads).
     adaptive_threads: bool = True
+    # llama.cpp's flash attention, in the unified layout (the per-sequence one keeps it off: it
+    # makes a row's logits depend on its batch neighbours). Measured on a 2-core EPYC: 10%
+    # faster steps at 8 streams, 20-25% at 32.
+    flash_attn: bool = True
     max_queue: int = 256
 
 
