@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import math
 import statistics
@@ -220,20 +221,27 @@ async def _anthropic(client: httpx.AsyncClient, target: Target) -> AsyncIterator
             return
 
 
-def _signed(target: Target, url: str, payload: bytes) -> dict[str, str]:
-    """SigV4 headers from the standard credential chain (any key will do for a local server)."""
+@functools.cache
+def _credentials() -> Any:
+    """The standard credential chain, read once (a botocore session costs tens of ms, which
+    would land in every stream's first-token time); any key will do for a local server."""
     import botocore.session
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
     found = botocore.session.get_session().get_credentials()
-    credentials = found.get_frozen_credentials() if found else Credentials("bench", "bench")
+    return found.get_frozen_credentials() if found else Credentials("bench", "bench")
+
+
+def _signed(target: Target, url: str, payload: bytes) -> dict[str, str]:
+    """SigV4 headers for one request."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
     aws = AWSRequest(
         "POST", url, data=payload, headers={"content-type": "application/json",
                                             "accept": "application/vnd.amazon.eventstream"}
     )  # fmt: skip
-    SigV4Auth(credentials, "bedrock", target.region).add_auth(aws)
+    SigV4Auth(_credentials(), "bedrock", target.region).add_auth(aws)
     return dict(aws.headers)
 
 

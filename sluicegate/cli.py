@@ -1,4 +1,4 @@
-"""The command line: `sluicegate serve` and `sluicegate models`."""
+"""The command line: `sluicegate serve`, `models`, `chat` (chat.py) and `bench` (bench.py)."""
 
 from __future__ import annotations
 
