@@ -2,9 +2,10 @@
 
 Each answer is read by the door's blocking client in a worker thread and handed over a queue;
 the main thread renders it and owns Ctrl-C, so an interrupt never lands inside a client's read.
-Ctrl-C stops the generation on the server: the ws door sends `stop` and the openai door (a
-background Response) cancels it, and both end as `cancelled`; the anthropic and bedrock doors
-have no stop call, so their stream is closed, which the server records as `disconnected`.
+Ctrl-C stops the generation on the server, which records it as `cancelled`: the ws door
+sends `stop`, the openai door (a background Response) cancels it, and the anthropic and bedrock
+doors, which have no stop call of their own, ask sluicegate's
+`POST /sluicegate/generations/{id}/stop` with the same credentials, then close their stream.
 """
 
 from __future__ import annotations
@@ -162,6 +163,16 @@ class Http:
             if self._conn is not None:
                 self._conn.close()
 
+    def stop(self, gen_id: str, headers: dict[str, str]) -> None:
+        """sluicegate's own stop for a generation (any door's), as its owner."""
+        conn = self._connect()
+        try:
+            path = self.base.path.rstrip("/") + f"/sluicegate/generations/{gen_id}/stop"
+            conn.request("POST", path, b"", headers)
+            conn.getresponse().read()
+        finally:
+            conn.close()
+
     def shutdown(self) -> None:
         sock = self._conn.sock if self._conn is not None else None
         if sock is not None:
@@ -203,10 +214,13 @@ class AnthropicDoor:
         except (OSError, http.client.HTTPException):
             if not self._closed:
                 raise
-        yield Ended("disconnected" if self._closed else reason, tokens, self.http.request_id)
+        yield Ended("cancelled" if self._closed else reason, tokens, self.http.request_id)
 
     def stop(self) -> None:
         self._closed = True
+        if self.http.request_id is not None:
+            with contextlib.suppress(Exception):
+                self.http.stop(self.http.request_id, self.http.headers)
         self.http.shutdown()
 
 
@@ -268,7 +282,9 @@ class BedrockDoor:
             config=Config(read_timeout=600, retries={"max_attempts": 1}),
         )  # fmt: skip
         self.model, self.max_tokens = model, max_tokens
+        self.url, self.secret = url, api_key or "none"
         self._stream: Any = None
+        self._request_id: str | None = None
         self._closed = False
 
     def stream(self, messages: list[Message]) -> Iterator[Piece]:
@@ -278,7 +294,7 @@ class BedrockDoor:
         response = self.client.converse_stream(
             modelId=self.model, messages=turns, inferenceConfig={"maxTokens": self.max_tokens}
         )
-        request_id = response["ResponseMetadata"]["RequestId"]
+        request_id = self._request_id = response["ResponseMetadata"]["RequestId"]
         self._stream = response["stream"]
         reason, tokens = None, None
         try:
@@ -292,15 +308,29 @@ class BedrockDoor:
         except Exception:
             if not self._closed:
                 raise
-        yield Ended("disconnected" if self._closed else reason, tokens, request_id)
+        yield Ended("cancelled" if self._closed else reason, tokens, request_id)
 
     def stop(self) -> None:
         self._closed = True
+        if self._request_id is not None:
+            with contextlib.suppress(Exception):
+                self._stop_on_server(self._request_id)
         raw = getattr(self._stream, "_raw_stream", None)  # botocore's EventStream: urllib3's
         sock = getattr(getattr(raw, "connection", None), "sock", None)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def _stop_on_server(self, gen_id: str) -> None:
+        """sluicegate's stop, SigV4-signed with the same key as the stream (its owner)."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        url = f"{self.url.rstrip('/')}/sluicegate/generations/{gen_id}/stop"
+        aws = AWSRequest("POST", url, data=b"")
+        SigV4Auth(Credentials("sluicegate-chat", self.secret), "bedrock", "us-east-1").add_auth(aws)
+        Http(self.url, {}).stop(gen_id, dict(aws.headers))
 
 
 def ws_url(url: str) -> str:

@@ -7,12 +7,15 @@ with the reason: a load balancer's or Kubernetes' readiness probe."""
 
 from __future__ import annotations
 
+import hmac
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sluicegate.gateway import Gateway, engine_figures
+from sluicegate.routes.aws import authorized, caller
 
 
 def _gateway(request: Request) -> Gateway:
@@ -36,6 +39,49 @@ async def generation(request: Request) -> Response:
         return JSONResponse(mirrored)
     # The sampling the provider used, its model's defaults filled in (null: it does not sample).
     return JSONResponse({**gateway.describe(gen), "sampling": gen.meter.sampling or None})
+
+
+async def stop(request: Request) -> Response:
+    """`POST /sluicegate/generations/{id}/stop`: end a generation now as `cancelled`, on any
+    replica, for its owner only: the request carries the credentials it was started with (the
+    same x-api-key or Bearer key, or a SigV4 signature by the same access key id; with an
+    api_key configured, checked as the doors check them). Any door's generation: the
+    anthropic and bedrock doors have no stop call of their own."""
+    gateway = _gateway(request)
+    body = await request.body()
+    owner = _owner(request, body, gateway.settings.api_key)
+    if owner is None:
+        return JSONResponse({"message": "The credentials are not valid."}, 403)
+    gen_id = request.path_params["id"]
+    found = gateway.generations.get(gen_id) or await gateway.bus.find(gen_id)
+    if found is None or _owner_of(found) != owner:
+        return JSONResponse({"message": "No such generation (or it ended long ago)."}, 404)
+    stopped = found.cancel("cancelled")
+    return JSONResponse({"id": gen_id, "stopped": stopped, "stop_reason": found.stop_reason})
+
+
+def _owner(request: Request, body: bytes, api_key: str | None) -> str | None:
+    """Who asks, as the doors name owners (aws.caller); None if the credentials fail the
+    configured api_key."""
+    auth = request.headers.get("authorization", "")
+    key = request.headers.get("x-api-key") or (
+        auth[7:] if auth.lower().startswith("bearer ") else ""
+    )
+    if auth.startswith("AWS4-HMAC-SHA256 "):
+        if api_key and not authorized(request, body, api_key, request.app.state.signing_secrets):
+            return None
+        return caller(auth)
+    if api_key and not hmac.compare_digest(key.encode(), api_key.encode()):
+        return None
+    return caller(f"Bearer {key}") if key else ""
+
+
+def _owner_of(found: object) -> str | None:
+    """A local Generation's owner, or the one its bus record names (another replica's)."""
+    owner = getattr(found, "owner", None)
+    if owner is None:
+        owner = getattr(found, "record", {}).get("owner")
+    return owner if isinstance(owner, str) else None
 
 
 async def healthz(request: Request) -> Response:
@@ -69,5 +115,6 @@ def routes() -> list[Route]:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/sluicegate/generations/{id}", generation),
+        Route("/sluicegate/generations/{id}/stop", stop, methods=["POST"]),
         Route("/sluicegate/engine", engine),
     ]
