@@ -20,6 +20,7 @@ move with it (a few ms), and move back as soon as another request arrives.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -56,6 +57,13 @@ __all__ = [
 ]
 
 
+# The engine thread takes the GIL back after every llama.cpp call; while the event loop holds it,
+# the wait lasts up to Python's switch interval (5 ms by default), per step. A/B on a 2-core EPYC
+# (sluicegate bench, alternated): 8 streams 126 against 116 tok/s, first token p99 145 against
+# 178 ms; 32 streams 144 against 139.
+SWITCH_INTERVAL = 0.0005
+
+
 class EngineFailed(RuntimeError):
     """The engine could not start (its warm-up failed)."""
 
@@ -76,6 +84,7 @@ class Engine:
         self.llama.stats = self.stats = self.sched.stats
         self._cv = threading.Condition()
         self._closed = False
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         # Why the engine stopped for good (a llama.cpp call failed), or None while it serves.
         self.failure: str | None = None
         self._ready = threading.Event()
