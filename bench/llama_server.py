@@ -29,7 +29,6 @@ import contextlib
 import datetime
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
@@ -51,6 +50,7 @@ PIN = "0.3.36"  # llama-cpp-python, as pyproject.toml pins it
 RESULTS = ROOT / "bench" / "results.md"
 SAMPLING = {"top_p": 0.9}
 TEMPERATURE = 0.2
+MAX_TOKENS = 128
 CMAKE_FLAGS = [
     "-DCMAKE_BUILD_TYPE=Release",
     "-DGGML_NATIVE=ON",
@@ -189,9 +189,6 @@ def peer_rows(
         return label, measure(target, [c for c in levels if c <= parallel], rounds)
 
 
-MAX_TOKENS = 128
-
-
 def cpu_name() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -257,8 +254,7 @@ def main() -> None:
     print("\n" + text)
     previous = RESULTS.read_text() if RESULTS.exists() else ""
     RESULTS.write_text(previous + "\n" + text)
-    if shutil.which("git"):
-        print(f"(appended to {RESULTS.relative_to(ROOT)})")
+    print(f"(appended to {RESULTS.relative_to(ROOT)})")
 
 
 if __name__ == "__main__":
