@@ -24,7 +24,7 @@ from sluicegate.bus.base import Followable
 from sluicegate.codecs import sse
 from sluicegate.events import Event
 from sluicegate.generation import Generation
-from sluicegate.routes.aws import address, caller
+from sluicegate.routes.aws import address, caller, presented_key
 from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
 from sluicegate.routes.streaming import (
     StreamResponse,
@@ -74,10 +74,7 @@ def error_response(exc: errors.SluicegateError) -> JSONResponse:
 def authenticate(request: Request) -> str:
     """The caller's key checked against the configured api_key (any key without one); returns
     the owner, the same digest of the key that the Bearer scheme gives on every door."""
-    key = request.headers.get("x-api-key", "")
-    authorization = request.headers.get("authorization", "")
-    if not key and authorization.lower().startswith("bearer "):
-        key = authorization[7:]
+    key = presented_key(request)
     expected = gateway_of(request).settings.api_key
     if expected and not key:
         raise Unauthenticated("x-api-key header is required")

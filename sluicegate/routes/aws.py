@@ -39,6 +39,13 @@ def caller(authorization: str) -> str:
     return ""
 
 
+def presented_key(request: HTTPConnection) -> str:
+    """The key a request carries as `x-api-key` or as a Bearer token ("" for none)."""
+    authorization = request.headers.get("authorization", "")
+    bearer = authorization[7:] if authorization.lower().startswith("bearer ") else ""
+    return request.headers.get("x-api-key") or bearer
+
+
 SIGV4 = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/\s]+)/(?P<date>\d{8})/(?P<region>[^/\s]+)/"
     r"(?P<service>[^/\s]+)/aws4_request,\s*SignedHeaders=(?P<signed>[a-z0-9;-]+),\s*"

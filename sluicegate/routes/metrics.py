@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sluicegate.gateway import Gateway, engine_figures
-from sluicegate.routes.aws import authorized, caller
+from sluicegate.routes.aws import authorized, caller, presented_key
 
 
 def _gateway(request: Request) -> Gateway:
@@ -64,9 +64,7 @@ def _owner(request: Request, body: bytes, api_key: str | None) -> str | None:
     """Who asks, as the doors name owners (aws.caller); None if the credentials fail the
     configured api_key."""
     auth = request.headers.get("authorization", "")
-    key = request.headers.get("x-api-key") or (
-        auth[7:] if auth.lower().startswith("bearer ") else ""
-    )
+    key = presented_key(request)
     if auth.startswith("AWS4-HMAC-SHA256 "):
         if api_key and not authorized(request, body, api_key, request.app.state.signing_secrets):
             return None
