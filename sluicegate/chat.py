@@ -205,6 +205,8 @@ class AnthropicDoor:
                         data["delta"].get("stop_reason"),
                         data["usage"]["output_tokens"],
                     )
+                elif data["type"] == "error" and self._closed:
+                    break  # how this door tells the stop we asked for, if it comes before EOF
                 elif data["type"] == "error":
                     error = data["error"]
                     yield Ended(
@@ -217,11 +219,15 @@ class AnthropicDoor:
         yield Ended("cancelled" if self._closed else reason, tokens, self.http.request_id)
 
     def stop(self) -> None:
+        self.ask_stop()
+        self.http.shutdown()
+
+    def ask_stop(self) -> None:
+        """The server's half of a stop: it ends the generation; the stream still reads on."""
         self._closed = True
         if self.http.request_id is not None:
             with contextlib.suppress(Exception):
                 self.http.stop(self.http.request_id, self.http.headers)
-        self.http.shutdown()
 
 
 class OpenAIDoor:
@@ -311,26 +317,28 @@ class BedrockDoor:
         yield Ended("cancelled" if self._closed else reason, tokens, request_id)
 
     def stop(self) -> None:
-        self._closed = True
-        if self._request_id is not None:
-            with contextlib.suppress(Exception):
-                self._stop_on_server(self._request_id)
+        self.ask_stop()
         raw = getattr(self._stream, "_raw_stream", None)  # botocore's EventStream: urllib3's
         sock = getattr(getattr(raw, "connection", None), "sock", None)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def _stop_on_server(self, gen_id: str) -> None:
+    def ask_stop(self) -> None:
         """sluicegate's stop, SigV4-signed with the same key as the stream (its owner)."""
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
         from botocore.credentials import Credentials
 
+        self._closed = True
+        gen_id = self._request_id
+        if gen_id is None:
+            return
         url = f"{self.url.rstrip('/')}/sluicegate/generations/{gen_id}/stop"
         aws = AWSRequest("POST", url, data=b"")
         SigV4Auth(Credentials("sluicegate-chat", self.secret), "bedrock", "us-east-1").add_auth(aws)
-        Http(self.url, {}).stop(gen_id, dict(aws.headers))
+        with contextlib.suppress(Exception):
+            Http(self.url, {}).stop(gen_id, dict(aws.headers))
 
 
 def ws_url(url: str) -> str:

@@ -18,6 +18,7 @@ import pexpect
 import pyte
 import pytest
 
+from sluicegate.chat import AnthropicDoor, BedrockDoor, Ended, Sent, open_door
 from sluicegate.config import Route, Settings
 from sluicegate.events import ChatRequest, Message
 from sluicegate.gateway import Gateway
@@ -98,8 +99,11 @@ class Chat:
 
     def generation(self, figures: re.Match[str] | str) -> dict[str, Any]:
         """What the server recorded for the answer these figures are about (or for an id)."""
-        gen_id = figures if isinstance(figures, str) else figures[5]
-        found: dict[str, Any] = httpx.get(f"{self.url}/sluicegate/generations/{gen_id}").json()
+        return self.generation_of(self.url, figures if isinstance(figures, str) else figures[5])
+
+    @staticmethod
+    def generation_of(url: str, gen_id: str) -> dict[str, Any]:
+        found: dict[str, Any] = httpx.get(f"{url}/sluicegate/generations/{gen_id}").json()
         return found
 
     def leave(self) -> int | None:
@@ -274,3 +278,21 @@ def test_the_embedded_model(server: Server) -> None:
     drawn = ANSI.sub("", shown.split("France?", 1)[1]).strip()
     assert drawn  # some of the answer was drawn
     assert chat.leave() == 0
+
+
+@pytest.mark.parametrize("door", ["anthropic", "bedrock"])
+def test_a_stop_told_in_band_before_the_stream_closes_is_cancelled(
+    scripted: Server, door: str
+) -> None:
+    """The server's word for our stop (an error event, an exception frame) can arrive before
+    our own close of the stream does: it is still our stop, not a failure."""
+    client = open_door(door, scripted.url, "scripted", None, 1024)
+    assert isinstance(client, AnthropicDoor | BedrockDoor)
+    pieces = client.stream([{"role": "user", "content": "stop me sluicegate:delay-ms=50"}])
+    assert isinstance(next(pieces), Sent)
+    assert isinstance(next(pieces), str)
+    client.ask_stop()  # stop() without closing the stream: the server's answer comes first
+    ended = list(pieces)[-1]
+    assert isinstance(ended, Ended) and (ended.stop_reason, ended.error) == ("cancelled", None)
+    assert ended.request_id is not None
+    assert Chat.generation_of(scripted.url, ended.request_id)["stop_reason"] == "cancelled"
