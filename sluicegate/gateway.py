@@ -31,6 +31,8 @@ class Gateway:
         self.providers = providers
         self.metrics = GatewayMetrics()
         self.generations: OrderedDict[str, Generation] = OrderedDict()
+        self.ended: OrderedDict[str, Generation] = OrderedDict()  # those kept, in end order
+        self._ended_bytes = 0
         # Live (queued or running) generations by caller address, held to a cap so that one
         # client cannot take every slot and queue place of a provider.
         self.live_by_caller: Counter[str] = Counter()
@@ -98,6 +100,8 @@ class Gateway:
                 tracing.refused(gen, exc)
             self._release(gen)
             self.generations.pop(gen.id, None)
+            if self.ended.pop(gen.id, None) is not None:
+                self._ended_bytes -= gen.log_bytes
             raise
         finally:
             if tracing:
@@ -160,7 +164,7 @@ class Gateway:
         accesslog.ended(gen)
         if self.tracing:
             self.tracing.ended(gen)
-        self._forget_old()
+        self._forget_old(gen)
 
     def _release(self, gen: Generation) -> None:
         if gen.caller is not None:
@@ -171,26 +175,25 @@ class Gateway:
                 del self.live_by_caller[gen.caller]
             gen.caller = None
 
-    def _forget_old(self) -> None:
-        """Ended generations stay for resume and introspection, the newest first, within a
-        count, a byte budget and an age (settings.ended_*); the rest are forgotten."""
+    def _forget_old(self, gen: Generation) -> None:
+        """Ended generations stay for resume and introspection, the latest ended first, within
+        a count, a byte budget and an age (settings.ended_*); the rest are forgotten, oldest
+        first: a few steps per end, however many are kept."""
         s = self.settings
+        self.ended[gen.id] = gen
+        self._ended_bytes += gen.log_bytes
         now = time.monotonic()
-        kept, size, gone = 0, 0, []
-        for key, gen in reversed(self.generations.items()):
-            if not gen.done:
-                continue
-            old = now - (gen.timings.ended or now) >= s.ended_seconds
-            if kept + 1 > KEEP_ENDED or size + gen.log_bytes > s.ended_bytes or old:
-                gone.append(key)
-            else:
-                kept, size = kept + 1, size + gen.log_bytes
-        for key in gone:
-            del self.generations[key]
+        while self.ended:
+            key, oldest = next(iter(self.ended.items()))
+            old = now - (oldest.timings.ended or now) >= s.ended_seconds
+            if not old and len(self.ended) <= KEEP_ENDED and self._ended_bytes <= s.ended_bytes:
+                break
+            del self.ended[key]
+            self._ended_bytes -= oldest.log_bytes
+            self.generations.pop(key, None)
 
     def ended_figures(self) -> dict[str, float]:
-        ended = [g for g in self.generations.values() if g.done]
-        return {"generations": len(ended), "log_bytes": sum(g.log_bytes for g in ended)}
+        return {"generations": len(self.ended), "log_bytes": self._ended_bytes}
 
     def describe(self, gen: Generation) -> dict[str, Any]:
         """A generation's state, for the introspection route and tests."""

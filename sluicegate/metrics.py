@@ -37,6 +37,7 @@ class GatewayMetrics:
             buckets=GAP_BUCKETS,
             registry=r,
         )
+        self._itl: dict[tuple[str, str], Histogram] = {}
         self.duration = Histogram(
             "sluicegate_generation_duration_seconds",
             "Request accepted to the last event",
@@ -78,7 +79,12 @@ class GatewayMetrics:
         self.active.labels(gen.route, gen.provider).inc()
 
     def gap(self, gen: Generation, seconds: float) -> None:
-        self.itl.labels(gen.route, gen.provider).observe(seconds)
+        """Once per token: the labelled child is looked up once per route and provider."""
+        key = (gen.route, gen.provider)
+        child = self._itl.get(key)
+        if child is None:
+            child = self._itl[key] = self.itl.labels(*key)
+        child.observe(seconds)
 
     def finished(self, gen: Generation) -> None:
         labels = (gen.route, gen.provider)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from sluicegate.config import Route, Settings
 from sluicegate.events import ChatRequest, Message
 from sluicegate.gateway import Gateway
@@ -53,3 +55,31 @@ def test_ended_generations_are_forgotten_past_their_age() -> None:
     assert list(gateway.generations) == ids  # kept for a minute
     gateway, ids = run(Settings(routes=ROUTES, ended_seconds=0), ["a", "b", "c"])
     assert list(gateway.generations) == []  # kept for no time: forgotten as each ended
+
+
+def test_the_count_keeps_the_latest_ended_and_spares_running_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Started first and ended last: kept; the ones that ended before it go first. A running
+    generation is never forgotten, however many end around it."""
+    monkeypatch.setattr("sluicegate.gateway.KEEP_ENDED", 3)
+    gateway = Gateway(Settings(routes=ROUTES), {"scripted": ScriptedProvider(delay=0, length=8)})
+
+    async def main() -> tuple[str, list[str]]:
+        def request(text: str) -> ChatRequest:
+            return ChatRequest("m", (Message("user", text),), max_tokens=64)
+
+        slow = await gateway.start(request("slow sluicegate:delay-ms=20"), route="test")
+        quick = []
+        for i in range(6):
+            gen = await gateway.start(request(f"q{i}"), route="test")
+            await gen.wait()
+            quick.append(gen.id)
+        assert slow.id in gateway.generations and not slow.done
+        await slow.wait()
+        return slow.id, quick
+
+    slow, quick = asyncio.run(main())
+    assert list(gateway.ended) == [*quick[-2:], slow]
+    assert set(gateway.generations) == {*quick[-2:], slow}
+    assert gateway.ended_figures()["generations"] == 3
