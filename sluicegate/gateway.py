@@ -214,6 +214,13 @@ class Gateway:
             "events": len(gen.log),
         }
 
+    async def close_upstreams(self) -> None:
+        """The upstream providers' connection pools, as the server stops."""
+        for p in self.providers.values():
+            aclose = getattr(p, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
     def close(self) -> None:
         for p in self.providers.values():
             close = getattr(p, "close", None)

@@ -5,7 +5,7 @@ or an OTLP endpoint in the environment (OTEL_EXPORTER_OTLP_ENDPOINT or
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT). The exporter and the resource are the SDK's, configured by
 the standard OTEL_* variables (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS...);
 OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none keep it off. Off, the gateway holds no
-Tracing and upstream clients no traced transport: a generation pays one `is None` test.
+Tracing and upstream calls no span: a generation pays one `is None` test.
 
 A generation's span (`chat {model}`) follows the GenAI semantic conventions: the request's
 model and sampling, the usage, the stop reason as `gen_ai.response.finish_reasons` (also
@@ -22,10 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+import urllib.parse
 from typing import TYPE_CHECKING, Any
-
-import httpx
 
 from sluicegate.config import Settings
 from sluicegate.generation import Generation
@@ -107,11 +105,24 @@ def tracing(settings: Settings) -> Tracing | None:
     return None if _tracer is None else Tracing(_tracer, settings)
 
 
-def transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
-    """An upstream client's transport: traced while tracing is on, else None (httpx's own)."""
+def upstream_span(method: str, url: str, headers: dict[str, str]) -> UpstreamSpan | None:
+    """While tracing is on, a client span for an upstream call, its context added to the
+    headers (after SigV4 signing: a header the signature does not name changes nothing), so
+    that the upstream's own spans (another sluicegate's...) join the trace under it."""
     if _tracer is None:
         return None
-    return TracedTransport(httpx.AsyncHTTPTransport(limits=limits), _tracer)
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host if parts.port is None else f"{host}:{parts.port}"  # no user or password
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "server.address": host,
+        "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+        "url.full": urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")),
+    }
+    span = _tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
+    propagate.inject(headers, context=trace.set_span_in_context(span))
+    return UpstreamSpan(span)
 
 
 def attach_caller(headers: dict[str, str]) -> object:
@@ -210,64 +221,21 @@ class Tracing:
         span.end(end_time=wall_ns(t.ended) if t.ended is not None else None)
 
 
-class TracedTransport(httpx.AsyncBaseTransport):
-    """httpx's transport with an HTTP client span around each request, ended when the
-    response body is closed (a stream's span lasts as long as the stream)."""
+class UpstreamSpan:
+    """An HTTP client span around an upstream call, ended when its answer is closed (a
+    stream's span lasts as long as the stream)."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, tracer: Tracer) -> None:
-        self.inner = inner
-        self.tracer = tracer
+    def __init__(self, span: Span) -> None:
+        self.span = span
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        attributes: dict[str, Any] = {
-            "http.request.method": request.method,
-            "server.address": url.host,
-            "server.port": url.port or (443 if url.scheme == "https" else 80),
-            "url.full": str(url.copy_with(query=None, username=None, password=None)),
-        }
-        span = self.tracer.start_span(request.method, kind=SpanKind.CLIENT, attributes=attributes)
-        # The upstream's own spans (another sluicegate's...) join the trace, under this one.
-        # Added after SigV4 signing: a header the signature does not name changes nothing.
-        propagate.inject(request.headers, context=trace.set_span_in_context(span))
-        try:
-            response = await self.inner.handle_async_request(request)
-        except BaseException as exc:
-            span.set_attribute("error.type", type(exc).__name__)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            span.end()
-            raise
-        span.set_attribute("http.response.status_code", response.status_code)
-        if response.status_code >= 400:
-            span.set_attribute("error.type", str(response.status_code))
-            span.set_status(Status(StatusCode.ERROR))
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=_Ending(response.stream, span),
-            extensions=response.extensions,
-        )
+    def status(self, code: int) -> None:
+        self.span.set_attribute("http.response.status_code", code)
+        if code >= 400:
+            self.span.set_attribute("error.type", str(code))
+            self.span.set_status(Status(StatusCode.ERROR))
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class _Ending(httpx.AsyncByteStream):
-    """A response body that ends its span when it is closed."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, span: Span) -> None:
-        self.inner = inner
-        self.span: Span | None = span
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self.inner.aclose()
-        finally:
-            if self.span is not None:
-                self.span.end()
-                self.span = None
+    def end(self, exc: BaseException | None = None) -> None:
+        if exc is not None:
+            self.span.set_attribute("error.type", type(exc).__name__)
+            self.span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        self.span.end()

@@ -7,13 +7,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 
 from sluicegate import errors
 from sluicegate.config import UpstreamSettings
 from sluicegate.events import ChatRequest, Message, StopReason, ToolChoice, ToolResult, ToolUse
 from sluicegate.generation import Meter
-from sluicegate.providers.upstream import Finish, Piece, ToolInput, ToolStart, Upstream
+from sluicegate.providers.upstream import Finish, Outgoing, Piece, ToolInput, ToolStart, Upstream
 
 API_VERSION = "2023-06-01"
 BEDROCK_VERSION = "bedrock-2023-05-31"
@@ -42,14 +42,14 @@ class AnthropicProvider(Upstream):
     def describe(self) -> str:
         return f"{self.name}: Anthropic Messages API at {self.url}"
 
-    def outgoing(self, request: ChatRequest) -> httpx.Request:
+    def outgoing(self, request: ChatRequest) -> Outgoing:
         headers = {"anthropic-version": API_VERSION, "accept": "text/event-stream"}
         key = self.key()
         if key is not None:
             headers["x-api-key"] = key
-        return self.client.build_request("POST", self.url, json=body(request), headers=headers)
+        return Outgoing.json(self.url, body(request), headers)
 
-    async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
+    async def pieces(self, response: aiohttp.ClientResponse, meter: Meter) -> AsyncIterator[Piece]:
         reader = MessagesReader(self.name, meter)
         async for event in self.sse(response, meter):
             data = _json(event.data)

@@ -13,8 +13,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import quote, unquote
 
+import aiohttp
 import botocore.session
-import httpx
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
@@ -33,7 +33,7 @@ from sluicegate.events import (
 )
 from sluicegate.generation import Meter
 from sluicegate.providers import invoke
-from sluicegate.providers.upstream import Finish, Piece, ToolInput, ToolStart, Upstream
+from sluicegate.providers.upstream import Finish, Outgoing, Piece, ToolInput, ToolStart, Upstream
 
 FINISHES: dict[str, StopReason] = {
     "max_tokens": "max_tokens",
@@ -71,13 +71,13 @@ class BedrockProvider(Upstream):
     def invoking(self) -> bool:
         return self.settings.api == "invoke"
 
-    def outgoing(self, request: ChatRequest) -> httpx.Request:
+    def outgoing(self, request: ChatRequest) -> Outgoing:
         if self.invoking:
             payload = invoke.shape_for(request.model).body(request)
             return self._signed(request.model, json.dumps(payload).encode(), INVOKE)
         return self._signed(request.model, json.dumps(body(request)).encode(), CONVERSE)
 
-    def _signed(self, model: str, payload: bytes, operation: str) -> httpx.Request:
+    def _signed(self, model: str, payload: bytes, operation: str) -> Outgoing:
         credentials = self._session.get_credentials()
         if credentials is None:
             raise errors.ServiceUnavailable(
@@ -89,15 +89,15 @@ class BedrockProvider(Upstream):
             headers["x-amzn-bedrock-accept"] = "application/json"
         aws = AWSRequest("POST", url, data=payload, headers=headers)
         SigV4Auth(credentials.get_frozen_credentials(), "bedrock", self.region).add_auth(aws)
-        return self.client.build_request("POST", url, content=payload, headers=dict(aws.headers))
+        return Outgoing("POST", url, dict(aws.headers), payload)
 
-    def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
+    def pieces(self, response: aiohttp.ClientResponse, meter: Meter) -> AsyncIterator[Piece]:
         return self._chunks(response, meter) if self.invoking else self._converse(response, meter)
 
-    async def _chunks(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
+    async def _chunks(self, response: aiohttp.ClientResponse, meter: Meter) -> AsyncIterator[Piece]:
         """InvokeModelWithResponseStream: each `chunk` event holds one of the family's chunks,
         as base64 of its JSON."""
-        reader = invoke.shape_for(_model_of(response.request.url)).reader(self.name, meter)
+        reader = invoke.shape_for(_model_of(response.url.raw_path)).reader(self.name, meter)
         async for kind, data in self._events(response, meter):
             if kind == "chunk":  # read to the last: some families' usage follows their end
                 for piece in reader.feed(self._chunk(data)):
@@ -114,7 +114,9 @@ class BedrockProvider(Upstream):
             raise errors.ModelStreamError(f"Provider {self.name} sent an unreadable chunk.")
         return chunk
 
-    async def _converse(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
+    async def _converse(
+        self, response: aiohttp.ClientResponse, meter: Meter
+    ) -> AsyncIterator[Piece]:
         async for kind, data in self._events(response, meter):
             if kind == "contentBlockDelta":
                 delta = data.get("delta", {})
@@ -134,7 +136,7 @@ class BedrockProvider(Upstream):
                 _usage(data, meter)
 
     async def _events(
-        self, response: httpx.Response, meter: Meter
+        self, response: aiohttp.ClientResponse, meter: Meter
     ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
         decoder = EventStreamDecoder()
         async for raw in self.chunks(response, meter):
@@ -220,6 +222,6 @@ def _usage(data: dict[str, Any], meter: Meter) -> None:
         meter.usage.output_tokens = int(usage.get("outputTokens") or 0)
 
 
-def _model_of(url: httpx.URL) -> str:
+def _model_of(path: str) -> str:
     """The model id in a request's path (/model/{id}/operation), as sent."""
-    return unquote(url.raw_path.decode().split("?")[0].split("/")[-2])
+    return unquote(path.split("/")[-2])

@@ -7,13 +7,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 
 from sluicegate import errors
 from sluicegate.config import UpstreamSettings
 from sluicegate.events import ChatRequest, Message, StopReason, ToolResult, ToolUse
 from sluicegate.generation import Meter
-from sluicegate.providers.upstream import Finish, Piece, ToolInput, ToolStart, Upstream
+from sluicegate.providers.upstream import Finish, Outgoing, Piece, ToolInput, ToolStart, Upstream
 
 # stop, content_filter...: end_turn
 FINISHES: dict[str, StopReason] = {"length": "max_tokens", "tool_calls": "tool_use"}
@@ -30,14 +30,14 @@ class OpenAIProvider(Upstream):
     def describe(self) -> str:
         return f"{self.name}: OpenAI-compatible API at {self.url}"
 
-    def outgoing(self, request: ChatRequest) -> httpx.Request:
+    def outgoing(self, request: ChatRequest) -> Outgoing:
         headers = {"accept": "text/event-stream"}
         key = self.key()
         if key is not None:
             headers["authorization"] = f"Bearer {key}"
-        return self.client.build_request("POST", self.url, json=body(request), headers=headers)
+        return Outgoing.json(self.url, body(request), headers)
 
-    async def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
+    async def pieces(self, response: aiohttp.ClientResponse, meter: Meter) -> AsyncIterator[Piece]:
         """Each chunk's text and tool calls until [DONE]; an error chunk or an unreadable one
         is in-band."""
         calls: set[int] = set()  # the tool calls' indexes seen so far

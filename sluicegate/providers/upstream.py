@@ -17,10 +17,11 @@ import json
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
+import yarl
 
 from sluicegate import errors, telemetry
 from sluicegate.codecs.sse import ServerSentEvent, SSEError, SSEParser
@@ -116,6 +117,40 @@ class ToolInput:
 Piece = str | Finish | ToolStart | ToolInput
 
 
+@dataclass(slots=True)
+class Outgoing:
+    """A request to an upstream, as its provider built (and signed) it."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+    @classmethod
+    def json(cls, url: str, data: Any, headers: dict[str, str]) -> Outgoing:
+        return cls("POST", url, {"content-type": "application/json", **headers},
+                   json.dumps(data).encode())  # fmt: skip
+
+
+@dataclass(slots=True)
+class Answer:
+    """An upstream's answer as it streams, and its trace span while tracing is on."""
+
+    response: aiohttp.ClientResponse
+    span: telemetry.UpstreamSpan | None = field(default=None)
+
+    def close(self) -> None:
+        """Read to the end: the connection goes back to the pool; else it is closed, which
+        the upstream sees at once."""
+        if self.response.content.at_eof():
+            self.response.release()
+        else:
+            self.response.close()
+        if self.span is not None:
+            self.span.end()
+            self.span = None
+
+
 class Blocks:
     """Numbers an answer's content blocks as they come: the text block the answer opens with
     (index 0), and a new block for each tool call and for text after one."""
@@ -149,19 +184,8 @@ class Upstream:
         self.name = name
         self.settings = settings
         s = settings
-        self.client = httpx.AsyncClient(
-            # httpx's own timer on every read (httpcore sets one anyway) is the idle deadline
-            # unless the first byte may take longer; `chunks` then times reads itself.
-            timeout=httpx.Timeout(
-                max(s.idle_timeout_seconds, s.first_byte_timeout_seconds),
-                connect=s.connect_timeout_seconds,
-            ),
-            limits=httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=32),
-            # With tracing on, one that makes each upstream call a child span.
-            transport=telemetry.transport(
-                httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=32)
-            ),
-        )
+        self._client: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.limiter = Limiter(s.max_concurrency, s.max_queue)
         self._readers: set[asyncio.Task[None]] = set()  # drains under way
 
@@ -183,13 +207,34 @@ class Upstream:
     async def count_tokens(self, request: Any) -> int:
         raise errors.ValidationError(f"Provider {self.name} cannot count tokens.")
 
-    async def aclose(self) -> None:
-        await self.client.aclose()
+    @property
+    def client(self) -> aiohttp.ClientSession:
+        """The pool, made in the running event loop on first use (and again in a new loop)."""
+        client, loop = self._client, asyncio.get_running_loop()
+        if client is None or client.closed or self._loop is not loop:
+            self._loop = loop
+            s = self.settings
+            connector = aiohttp.TCPConnector(limit=s.max_concurrency, limit_per_host=0)
+            # A read's own timer (aiohttp sets one per read anyway) is the idle deadline
+            # unless the first byte may take longer; `chunks` then times reads itself.
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=s.connect_timeout_seconds,
+                sock_read=max(s.idle_timeout_seconds, s.first_byte_timeout_seconds),
+            )
+            client = self._client = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",)
+            )
+        return client
 
-    def outgoing(self, request: ChatRequest) -> httpx.Request:
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+    def outgoing(self, request: ChatRequest) -> Outgoing:
         raise NotImplementedError
 
-    def pieces(self, response: httpx.Response, meter: Meter) -> AsyncIterator[Piece]:
+    def pieces(self, response: aiohttp.ClientResponse, meter: Meter) -> AsyncIterator[Piece]:
         raise NotImplementedError
 
     async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
@@ -209,7 +254,7 @@ class Upstream:
             await self.limiter.wait(place)
         meter.admit()
         release: Callable[[], object] = self.limiter.release
-        response: httpx.Response | None = None
+        answered: Answer | None = None
         try:
             if place is not None:
                 outgoing = self.outgoing(request)  # signed afresh: the wait may have been long
@@ -222,16 +267,16 @@ class Upstream:
                         for event in opening():
                             yield event
                         accepted = True
-                response = await answer
+                answered = await answer
             except BaseException:
                 await _abandon(answer)
                 raise
             source: AsyncIterator[Piece]
             if self.settings.on_disconnect == "drain":
-                source = self._drained(response, meter)
-                response, release = None, _nothing  # the reader closes and releases them
+                source = self._drained(answered, meter)
+                answered, release = None, _nothing  # the reader closes and releases them
             else:
-                source = self.pieces(response, meter)
+                source = self.pieces(answered.response, meter)
             for event in [] if accepted else opening():
                 yield event
             reason: StopReason = "end_turn"
@@ -247,11 +292,11 @@ class Upstream:
             for event in [*blocks.close(), MessageDelta(reason), MessageStop()]:
                 yield event
         finally:
-            if response is not None:
-                await response.aclose()
+            if answered is not None:
+                answered.close()
             release()
 
-    def _drained(self, response: httpx.Response, meter: Meter) -> AsyncGenerator[Piece, None]:
+    def _drained(self, answered: Answer, meter: Meter) -> AsyncGenerator[Piece, None]:
         """The pieces, read by a task of their own (started now) that goes on to the end,
         within the deadlines, if the consumer leaves: the usage is then what the upstream
         bills, and what was counted after the generation ended is reported late."""
@@ -260,13 +305,13 @@ class Upstream:
 
         async def read() -> None:
             try:
-                async for piece in self.pieces(response, meter):
+                async for piece in self.pieces(answered.response, meter):
                     queue.put_nowait(piece)
                 queue.put_nowait(None)
             except Exception as exc:
                 queue.put_nowait(exc)
             finally:
-                await response.aclose()
+                answered.close()
                 self.limiter.release()
                 late = meter.usage.output_tokens - consumer["counted"]
                 if not consumer["ended"] and late > 0 and meter.on_late_usage is not None:
@@ -288,7 +333,9 @@ class Upstream:
 
         return consume()
 
-    async def sse(self, response: httpx.Response, meter: Meter) -> AsyncIterator[ServerSentEvent]:
+    async def sse(
+        self, response: aiohttp.ClientResponse, meter: Meter
+    ) -> AsyncIterator[ServerSentEvent]:
         """The body's server-sent events (the openai and anthropic APIs)."""
         parser = SSEParser()
         async for raw in self.chunks(response, meter):
@@ -299,38 +346,54 @@ class Upstream:
             for event in events:
                 yield event
 
-    async def open(self, request: httpx.Request, meter: Meter) -> httpx.Response:
+    async def open(self, request: Outgoing, meter: Meter) -> Answer:
         """Send and wait for the status line, within the first-byte deadline; errors before
         the stream are raised as ours (the door answers them in its own shape)."""
         started = time.monotonic()
+        span = telemetry.upstream_span(request.method, request.url, request.headers)
         try:
             async with asyncio.timeout(self.settings.first_byte_timeout_seconds):
-                response = await self.client.send(request, stream=True)
-        except TimeoutError:
-            raise errors.ModelTimeout(
-                f"Provider {self.name} did not answer within "
-                f"{self.settings.first_byte_timeout_seconds:g} s."
-            ) from None
-        except httpx.TransportError as exc:
-            raise errors.ServiceUnavailable(
-                f"Provider {self.name} is unreachable ({type(exc).__name__}: {exc})."
-            ) from None
+                response = await self.client.request(
+                    request.method,
+                    yarl.URL(request.url, encoded=True),  # as signed: no requoting
+                    headers=request.headers,
+                    data=request.body,
+                )
+        except BaseException as exc:
+            if span is not None:
+                span.end(exc)
+            if isinstance(exc, aiohttp.ClientError):  # first: a connect timeout is one too
+                raise errors.ServiceUnavailable(
+                    f"Provider {self.name} is unreachable ({type(exc).__name__}: {exc})."
+                ) from None
+            if isinstance(exc, TimeoutError):
+                raise errors.ModelTimeout(
+                    f"Provider {self.name} did not answer within "
+                    f"{self.settings.first_byte_timeout_seconds:g} s."
+                ) from None
+            raise
         finally:
             meter.upstream_seconds += time.monotonic() - started
-        if response.status_code >= 400:
-            body = await response.aread()
-            await response.aclose()
-            raise http_error(self.name, response.status_code, body, response.headers)
-        return response
+        answered = Answer(response, span)
+        if span is not None:
+            span.status(response.status)
+        if response.status >= 400:
+            try:
+                body = await response.read()
+            finally:
+                answered.close()
+            raise http_error(self.name, response.status, body, response.headers)
+        return answered
 
-    async def chunks(self, response: httpx.Response, meter: Meter) -> AsyncIterator[bytes]:
-        """The body as it comes; silence past a deadline (first byte, then between chunks) or
-        a cut connection is an in-band error. Time spent waiting counts as the upstream's.
+    async def chunks(self, response: aiohttp.ClientResponse, meter: Meter) -> AsyncIterator[bytes]:
+        """The body as it comes, all that arrived in one piece; silence past a deadline (first
+        byte, then between chunks) or a cut connection is an in-band error. Time spent waiting
+        counts as the upstream's.
 
         The first read has a timer of ours (asyncio.timeout: a handle, no task, never across a
-        yield); later ones too only if the idle deadline is the shorter one, else httpx's read
+        yield); later ones too only if the idle deadline is the shorter one, else aiohttp's read
         timeout is that deadline: one timer per read is what the hot path can afford."""
-        raw = response.aiter_raw()
+        raw = response.content.iter_any()
         s = self.settings
         timed = s.idle_timeout_seconds < s.first_byte_timeout_seconds
         deadline, which = s.first_byte_timeout_seconds, "for its first byte"
@@ -345,11 +408,11 @@ class Upstream:
                     chunk = await anext(raw)
             except StopAsyncIteration:
                 return
-            except (TimeoutError, httpx.ReadTimeout):
+            except TimeoutError:  # ours, or aiohttp's read timeout (a ClientError too)
                 raise errors.ModelTimeout(
                     f"Provider {self.name} sent nothing {which} ({deadline:g} s)."
                 ) from None
-            except httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:
                 raise errors.ModelStreamError(
                     f"Provider {self.name} cut the stream ({type(exc).__name__}: {exc})."
                 ) from None
@@ -401,13 +464,13 @@ def _nothing() -> None:
     return None
 
 
-async def _abandon(opening: asyncio.Future[httpx.Response]) -> None:
+async def _abandon(opening: asyncio.Future[Answer]) -> None:
     """Stop waiting for an upstream's answer; close it if it came all the same."""
     if opening.cancel():
         with contextlib.suppress(asyncio.CancelledError):
             await opening  # cancelling it closes the connection
     elif not opening.cancelled() and opening.exception() is None:
-        await opening.result().aclose()
+        opening.result().close()
 
 
 def opening() -> list[Event]:

@@ -107,6 +107,7 @@ def create_app(
             gen.cancel("cancelled")
         await asyncio.sleep(0)  # let the cancelled ones write their ends
         await gateway.bus.close()
+        await gateway.close_upstreams()
 
     async def not_found(request: Request, exc: Exception) -> Response:
         """No route: answered in the shape of the API the path belongs to."""

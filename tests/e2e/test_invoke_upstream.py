@@ -9,11 +9,11 @@ from the upstream (throttling, from a small fake) is each door's own error.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import anthropic
-import httpx
 import openai
 import pytest
 from botocore.exceptions import EventStreamError
@@ -25,9 +25,11 @@ from starlette.routing import Route
 from sluicegate.codecs import eventstream
 from sluicegate.config import Route as ModelRoute
 from sluicegate.config import Settings, UpstreamSettings
+from sluicegate.events import ChatRequest
 from sluicegate.gateway import Gateway
 from sluicegate.providers.bedrock import BedrockProvider
 from sluicegate.providers.scripted import ScriptedProvider
+from sluicegate.providers.upstream import Outgoing
 from sluicegate.routes.bedrock import chunk_frame
 from tests.conftest import Server, serve, stop, wait_until
 from tests.e2e.test_matrix import CUT, DOORS, MAX, MODEL, PROMPT
@@ -71,10 +73,14 @@ def invoking_gateway(url: str, models: dict[str, str] | None = None) -> tuple[Se
     provider = BedrockProvider("up", up)
     sent: list[str] = []
 
-    async def record(request: httpx.Request) -> None:
-        sent.append(request.url.path)
+    build = provider.outgoing
 
-    provider.client.event_hooks["request"].append(record)
+    def outgoing(request: ChatRequest) -> Outgoing:
+        out = build(request)
+        sent.append(urllib.parse.unquote(urllib.parse.urlsplit(out.url).path))
+        return out
+
+    provider.outgoing = outgoing  # type: ignore[method-assign]
     return serve(Gateway(settings, {"up": provider})), sent
 
 

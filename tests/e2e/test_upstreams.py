@@ -247,7 +247,7 @@ def test_a_refused_connection_is_503(kind: str) -> None:
     [
         ("cut", "modelStreamError", 60),
         ("stall", "modelTimeout", 60),  # the idle deadline is the shorter: timed by us
-        ("stall", "modelTimeout", 0.5),  # as long as the first-byte one: httpx's read timeout
+        ("stall", "modelTimeout", 0.5),  # as long as the first-byte one: aiohttp's read timeout
     ],
 )
 def test_a_stream_cut_or_stalled_mid_way_ends_with_an_exception_frame(
