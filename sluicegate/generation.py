@@ -175,8 +175,14 @@ class Generation:
         self._cancellable = asyncio.current_task()
         try:
             if self._cancel_reason is None:
+                waiting = True  # for the first token
                 async for event in self._agen:
                     self._append(event)
+                    if waiting and self.timings.first_token is not None:
+                        # Out before the rest of a burst is read: an upstream's answer that
+                        # came in one read would otherwise all be parsed before it is sent.
+                        waiting = False
+                        await asyncio.sleep(0)
         except asyncio.CancelledError:
             if self._cancel_reason is None:
                 self._cancel_reason = "cancelled"
