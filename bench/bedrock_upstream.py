@@ -8,7 +8,7 @@ answer, ConverseStream and InvokeModelWithResponseStream), and two clients of it
 process of its own, for each API:
 
 - ours: sluicegate's BedrockProvider (botocore's SigV4 signer, sluicegate's sans-IO event stream
-  decoder over its pooled httpx client), read as the gateway reads it: `provider.stream()`, its
+  decoder over its pooled aiohttp client), read as the gateway reads it: `provider.stream()`, its
   canonical events;
 - aiobotocore: `converse_stream` / `invoke_model_with_response_stream` on an aiobotocore client
   (botocore's parsers over aiohttp), each `chunk` JSON-decoded as an application must. It is
@@ -157,7 +157,7 @@ async def work(client: str, url: str, api: str, sizes: dict[str, int]) -> dict[s
 def versions(client: str) -> str:
     from importlib.metadata import version
 
-    names = ("httpx", "botocore") if client == "ours" else ("aiobotocore", "aiohttp", "botocore")
+    names = ("aiohttp", "botocore") if client == "ours" else ("aiobotocore", "aiohttp", "botocore")
     return ", ".join(f"{n} {version(n)}" for n in names)
 
 
