@@ -117,6 +117,9 @@ class BedrockProvider(Upstream):
     async def _converse(
         self, response: aiohttp.ClientResponse, meter: Meter
     ) -> AsyncIterator[Piece]:
+        """ConverseStream's events to the end of the body (its usage follows messageStop); a
+        body that ends before messageStop is a cut answer, never a normal end."""
+        stopped = False
         async for kind, data in self._events(response, meter):
             if kind == "contentBlockDelta":
                 delta = data.get("delta", {})
@@ -131,9 +134,12 @@ class BedrockProvider(Upstream):
                 if isinstance(use, dict):
                     yield ToolStart(str(use.get("toolUseId", "")), str(use.get("name", "")))
             elif kind == "messageStop":
+                stopped = True
                 yield Finish(FINISHES.get(str(data.get("stopReason")), "end_turn"))
             elif kind == "metadata":
                 _usage(data, meter)
+        if not stopped:
+            raise errors.ModelStreamError(f"Provider {self.name} ended the stream mid-answer.")
 
     async def _events(
         self, response: aiohttp.ClientResponse, meter: Meter

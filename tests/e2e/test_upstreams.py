@@ -166,6 +166,11 @@ async def cut(pieces: list[bytes]) -> AsyncIterator[bytes]:
     raise RuntimeError("the upstream dies mid-stream")  # uvicorn drops the connection
 
 
+async def short(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece  # then a clean end of the body, without the API's own end of the answer
+
+
 async def stall(pieces: list[bytes]) -> AsyncIterator[bytes]:
     for piece in pieces:
         yield piece
@@ -202,7 +207,8 @@ def fake(behaviour: str, kind: str) -> Starlette:
             return JSONResponse({"message": "Rate exceeded"}, 429)
         if behaviour == "500":
             return JSONResponse({"error": {"message": "upstream exploded"}}, 500)
-        return StreamingResponse((cut if behaviour == "cut" else stall)(pieces), media_type=media)
+        behave = {"cut": cut, "short": short, "stall": stall}[behaviour]
+        return StreamingResponse(behave(pieces), media_type=media)
 
     return Starlette(routes=[Route(path, endpoint, methods=["POST"])])
 
@@ -246,6 +252,7 @@ def test_a_refused_connection_is_503(kind: str) -> None:
     ("behaviour", "frame", "first_byte"),
     [
         ("cut", "modelStreamError", 60),
+        ("short", "modelStreamError", 60),  # ended cleanly, but not at the answer's end
         ("stall", "modelTimeout", 60),  # the idle deadline is the shorter: timed by us
         ("stall", "modelTimeout", 0.5),  # as long as the first-byte one: aiohttp's read timeout
     ],
