@@ -89,6 +89,13 @@ class SSEParser:
 
     def _lines(self) -> list[ServerSentEvent]:
         events: list[ServerSentEvent] = []
+        if "\r" not in self._buffer:  # LF-only lines, as nearly every server sends: one split
+            *lines, self._buffer = self._buffer.split("\n")
+            for line in lines:
+                self._line(line, events)
+            if len(self._buffer) > MAX_LINE:
+                raise SSEError(f"an SSE line is over {MAX_LINE} characters")
+            return events
         while True:
             end = _line_end(self._buffer)
             if end is None:
@@ -96,12 +103,15 @@ class SSEParser:
                     raise SSEError(f"an SSE line is over {MAX_LINE} characters")
                 return events
             line, self._buffer = self._buffer[: end[0]], self._buffer[end[1] :]
-            if line == "":
-                event = self._dispatch()
-                if event is not None:
-                    events.append(event)
-            else:
-                self._field(line)
+            self._line(line, events)
+
+    def _line(self, line: str, events: list[ServerSentEvent]) -> None:
+        if line == "":
+            event = self._dispatch()
+            if event is not None:
+                events.append(event)
+        else:
+            self._field(line)
 
     def _field(self, line: str) -> None:
         if line.startswith(":"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from sluicegate.codecs.sse import MAX_LINE, ServerSentEvent, SSEError, SSEParser, comment, encode
 
@@ -66,3 +68,27 @@ def test_fields_that_would_break_the_framing_are_refused() -> None:
     with pytest.raises(ValueError):
         encode("x", id="1\r")
     assert encode("a\r\nb\rc") == b"data: a\ndata: b\ndata: c\n\n"
+
+
+@given(
+    st.lists(st.sampled_from([b"\r\n", b"\r", b"\n"]), min_size=12, max_size=12),
+    st.lists(st.integers(1, 40), min_size=1, max_size=30),
+)
+def test_mixed_line_endings_split_anywhere(endings: list[bytes], cuts: list[int]) -> None:
+    """A stream whose line endings change on the way (LF-only reads take a faster path than
+    those with a CR in them), cut at arbitrary places, parses as the spec says."""
+    lines = [b"event: a", b"data: x", b"data:  y", b"", b": note", b"data", b"retry: 50", b"",
+             b"id: 9", b"data: z", b"", b""]  # fmt: skip
+    for i in range(len(lines) - 1):  # a CR then an empty line's LF would read as one CRLF
+        assume(not (endings[i] == b"\r" and lines[i + 1] == b"" and endings[i + 1] == b"\n"))
+    raw = b"".join(line + end for line, end in zip(lines, endings, strict=True))
+    parser, events, at = SSEParser(), [], 0
+    for size in cuts:
+        events += parser.feed(raw[at : at + size])
+        at += size
+    events += parser.feed(raw[at:]) + parser.close()
+    assert events == [
+        ServerSentEvent("x\n y", "a"),
+        ServerSentEvent("", "message", None, 50),
+        ServerSentEvent("z", "message", "9"),
+    ]
