@@ -242,4 +242,8 @@ def engine_figures(engine: Any) -> dict[str, float]:
         "prefix_tokens_reused_total": s.prefix_tokens_reused,
         "cancelled_sequences_total": s.cancelled,
         "preempted_sequences_total": s.preempted,
+        # The decode width now (one while other processes keep the cores busy), and how
+        # often it changed: what a slow engine on a shared host is first checked for.
+        "decode_threads": engine.llama.threads.n,
+        "thread_width_changes_total": engine.llama.threads.switches,
     }

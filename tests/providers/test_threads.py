@@ -67,3 +67,16 @@ def test_one_thread_given_never_changes() -> None:
     clock = Clock()
     t = Threads(1, clock, others=lambda: None)
     assert {step(t, clock, {1: s}) for s in (0.01, 1.0, 0.01)} == {1}
+
+
+def test_bigger_batches_being_slower_is_not_contention() -> None:
+    """Where each row costs (AVX2 here: one row 25 ms, eight rows 77 ms), batches of many
+    sizes come and go at full width; a batch that becomes several times slower does not."""
+    clock = Clock()
+    t = Threads(2, clock, others=lambda: None)  # the timing alone decides
+    sizes = [1, 8, 3, 8, 8, 2, 8, 64, 8, 1, 5, 8, 120, 8, 16, 8]
+    for rows in sizes * 100:
+        assert step(t, clock, {2: 0.025 + 0.0075 * (rows - 1), 1: 0.5}, rows) == 2
+    assert t.switches == 0
+    assert step(t, clock, {2: 0.9, 1: 0.1}, 8) == 2  # the stall itself
+    assert step(t, clock, {2: 0.9, 1: 0.1}, 8) == 1
