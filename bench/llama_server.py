@@ -1,13 +1,16 @@
 """sluicegate's embedded engine beside llama.cpp's own C++ `llama-server`, in one run.
 
-    .venv/bin/python bench/llama_server.py [--levels 1,8,32] [--rounds 3]
+    .venv/bin/python bench/llama_server.py [--levels 1,8,32] [--rounds 2] [--alternations 2]
 
 llama-server is built here, once, in a bench-only step: from the llama.cpp that the pinned
 llama-cpp-python source distribution vendors (the very version the engine runs), target
 `llama-server` only, native CPU kernels, no web UI, nothing downloaded but that sdist from PyPI.
 It lands in bench/.venv-llama-server/ (ignored by git) and is reused.
 
-Then, one server at a time on an otherwise idle machine, the same client code
+Then, one server at a time on an otherwise idle machine, in alternations (the systems in turn,
+then in the reverse order: this machine drifts by 15-40% within the hour, and each system is
+measured both early and late; a level's figures pool the rounds of every alternation), the
+same client code
 (`sluicegate.bench`, the measuring code of `sluicegate bench URL`) drives:
 
 1. `sluicegate serve` (the embedded SmolLM2-135M: Q8_0 batches, the shipped Q4_1 for a lone
@@ -35,7 +38,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -219,7 +222,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--levels", default="1,8,32")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--alternations", type=int, default=2)
     parser.add_argument("--build-only", action="store_true")
     args = parser.parse_args()
     levels = [int(c) for c in args.levels.split(",")]
@@ -229,22 +233,37 @@ def main() -> None:
     shipped = embedded_model_path()
     q8 = q8_0_weights(shipped)
     started = datetime.datetime.now(datetime.UTC)
-    with tempfile.TemporaryDirectory(prefix="sg-llama-server-") as tmp:
-        workdir = Path(tmp)
-        results = sluicegate_rows(levels, args.rounds, workdir)
-        results.append(
+    systems: list[Callable[[Path], list[tuple[str, list[bench.Level]]]]] = [
+        lambda workdir: sluicegate_rows(levels, args.rounds, workdir),
+        lambda workdir: [
             peer_rows(exe, q8, 32, levels, args.rounds, workdir, "llama-server -np 32, Q8_0 copy")
-        )
-        results.append(
+        ],
+        lambda workdir: [
             peer_rows(
                 exe, shipped, 8, levels, args.rounds, workdir, "llama-server -np 8, shipped Q4_1"
             )
-        )
+        ],
+    ]
+    merged: dict[str, dict[int, bench.Level]] = {}
+    with tempfile.TemporaryDirectory(prefix="sg-llama-server-") as tmp:
+        for n in range(args.alternations):  # the machine drifts: each system early and late
+            print(f"alternation {n + 1} of {args.alternations}", flush=True)
+            for system in systems if n % 2 == 0 else systems[::-1]:
+                for label, found in system(Path(tmp)):
+                    for level in found:
+                        kept = merged.setdefault(label, {}).setdefault(
+                            level.concurrency, bench.Level(level.concurrency, [])
+                        )
+                        kept.rounds.extend(level.rounds)
+    order = ["sluicegate, OpenAI door", "sluicegate, Bedrock door",
+             "llama-server -np 32, Q8_0 copy", "llama-server -np 8, shipped Q4_1"]  # fmt: skip
+    results = [(label, list(merged[label].values())) for label in order if label in merged]
     title = (
         f"## Embedded engine beside llama-server ({started:%Y-%m-%d %H:%M} UTC, {cpu_name()}, "
         f"{os.cpu_count()} cores, {MAX_TOKENS}-token answers)"
     )
-    text = "\n".join([title, "", bench.table(results)])
+    pooled = f"{args.alternations} alternations of {args.rounds} rounds per level, pooled."
+    text = "\n".join([title, "", pooled, "", bench.table(results)])
     text += (
         "\n".join(ratios(results, "sluicegate, OpenAI door", "llama-server -np 32, Q8_0 copy"))
         + "\n"
