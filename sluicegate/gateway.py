@@ -100,8 +100,6 @@ class Gateway:
                 tracing.refused(gen, exc)
             self._release(gen)
             self.generations.pop(gen.id, None)
-            if self.ended.pop(gen.id, None) is not None:
-                self._ended_bytes -= gen.log_bytes
             raise
         finally:
             if tracing:

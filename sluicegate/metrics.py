@@ -134,8 +134,8 @@ class _Gaps(Collector):
             "Gap between consecutive text deltas",
             labels=LABELS,
         )
+        bounds = [*map(floatToGoString, GAP_BUCKETS), "+Inf"]
         for key, counts in list(self.series.items()):
             cumulative = list(itertools.accumulate(counts[:-1]))
-            bounds = [*map(floatToGoString, GAP_BUCKETS), "+Inf"]
             family.add_metric(list(key), list(zip(bounds, cumulative, strict=True)), counts[-1])
         yield family

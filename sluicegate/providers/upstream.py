@@ -17,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -137,7 +137,7 @@ class Answer:
     """An upstream's answer as it streams, and its trace span while tracing is on."""
 
     response: aiohttp.ClientResponse
-    span: telemetry.UpstreamSpan | None = field(default=None)
+    span: telemetry.UpstreamSpan | None = None
 
     def close(self) -> None:
         """Read to the end: the connection goes back to the pool; else it is closed, which

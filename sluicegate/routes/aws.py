@@ -46,6 +46,15 @@ def presented_key(request: HTTPConnection) -> str:
     return request.headers.get("x-api-key") or bearer
 
 
+def key_owner(request: HTTPConnection, api_key: str | None) -> str | None:
+    """The owner the presented key names (the digest `caller` gives a Bearer key; "" for no
+    key), or None if it is not the configured api_key."""
+    key = presented_key(request)
+    if api_key and not hmac.compare_digest(key.encode(), api_key.encode()):
+        return None
+    return caller(f"Bearer {key}") if key else ""
+
+
 SIGV4 = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/\s]+)/(?P<date>\d{8})/(?P<region>[^/\s]+)/"
     r"(?P<service>[^/\s]+)/aws4_request,\s*SignedHeaders=(?P<signed>[a-z0-9;-]+),\s*"

@@ -7,15 +7,13 @@ with the reason: a load balancer's or Kubernetes' readiness probe."""
 
 from __future__ import annotations
 
-import hmac
-
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sluicegate.gateway import Gateway, engine_figures
-from sluicegate.routes.aws import authorized, caller, presented_key
+from sluicegate.routes.aws import authorized, caller, key_owner
 
 
 def _gateway(request: Request) -> Gateway:
@@ -64,14 +62,11 @@ def _owner(request: Request, body: bytes, api_key: str | None) -> str | None:
     """Who asks, as the doors name owners (aws.caller); None if the credentials fail the
     configured api_key."""
     auth = request.headers.get("authorization", "")
-    key = presented_key(request)
     if auth.startswith("AWS4-HMAC-SHA256 "):
         if api_key and not authorized(request, body, api_key, request.app.state.signing_secrets):
             return None
         return caller(auth)
-    if api_key and not hmac.compare_digest(key.encode(), api_key.encode()):
-        return None
-    return caller(f"Bearer {key}") if key else ""
+    return key_owner(request, api_key)
 
 
 def _owner_of(found: object) -> str | None:
