@@ -37,6 +37,7 @@ from sluicegate.events import (
 
 log = logging.getLogger(__name__)
 EVENT_BYTES = 120  # one logged event besides its text (measured: a TextDelta, its str, its slot)
+HANDOFF_TURNS = 3  # loop turns given to the first token on its way out (see Generation._run)
 
 
 @dataclass(slots=True)
@@ -181,8 +182,11 @@ class Generation:
                     if waiting and self.timings.first_token is not None:
                         # Out before the rest of a burst is read: an upstream's answer that
                         # came in one read would otherwise all be parsed before it is sent.
+                        # The token's way to a socket takes a few tasks in turn (a door's
+                        # follower, its sender), each woken by the one before: a turn each.
                         waiting = False
-                        await asyncio.sleep(0)
+                        for _ in range(HANDOFF_TURNS):
+                            await asyncio.sleep(0)
         except asyncio.CancelledError:
             if self._cancel_reason is None:
                 self._cancel_reason = "cancelled"

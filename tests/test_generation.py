@@ -31,6 +31,9 @@ from sluicegate.events import (
 )
 from sluicegate.generation import Generation, Meter, StreamFn
 from sluicegate.providers.base import Piece, text_message
+from sluicegate.routes.openai import chat_events
+from sluicegate.routes.sse import with_heartbeats
+from sluicegate.translate.openai import ChatStream
 
 T = TypeVar("T")
 MODEL = "test-model"
@@ -597,3 +600,35 @@ def test_on_end_is_called_once_when_cancelled() -> None:
     gen = run(main)
     assert ends == [gen]
     assert gen.stop_reason == "cancelled"
+
+
+def test_the_first_token_of_a_burst_is_out_before_the_rest_is_read() -> None:
+    """An upstream's whole answer can arrive in one read, and the provider then yields it with
+    no await. The first token must reach the door's sender (the follower, then the heartbeat
+    reader, then the send: a task each) before the burst is parsed to its end."""
+    made = 0
+
+    async def burst(request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
+        async def pieces() -> AsyncGenerator[Piece, None]:
+            nonlocal made
+            for i in range(500):
+                made += 1
+                yield Piece(f"t{i} ")
+
+        async for event in text_message(request, meter, 3, pieces()):
+            yield event
+
+    async def main() -> tuple[int, bytes]:
+        gen = new(burst)
+        await gen.start()
+        chunks = chat_events(gen, ChatStream("chatcmpl-x", 0, MODEL, False))
+        sent = b""
+        async for piece in with_heartbeats(chunks, b"beat", 5):
+            sent += piece
+            if b"t0 " in sent:
+                return made, sent
+        raise AssertionError("no token")
+
+    made_then, sent = run(main)
+    assert b'"content":"t0 "' in sent.replace(b": ", b":")
+    assert made_then < 10, f"{made_then} of 500 tokens were read before the first went out"
