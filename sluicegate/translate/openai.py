@@ -554,6 +554,9 @@ def part_text(part: Any, where: str, types: tuple[str, ...]) -> str:
 # -- Chat Completions answers ------------------------------------------------------------------
 
 
+PLACE = "\ue000text"  # stands for a text delta's content in the chunk built once per stream
+
+
 def dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
@@ -582,6 +585,7 @@ class ChatStream:
         self.include_usage = include_usage
         self.ended = False
         self.calls: dict[int, int] = {}  # a tool_use block's index -> its tool call's index
+        self._text_ends: tuple[str, str] | None = None
 
     def feed(self, event: Event) -> list[str]:
         if self.ended:
@@ -590,7 +594,7 @@ class ChatStream:
             case MessageStart():
                 return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
             case TextDelta() if event.text:
-                return [self._chunk({"content": event.text})]
+                return [self._text_chunk(event.text)]
             case BlockStart(kind="tool_use"):
                 self.calls[event.index] = len(self.calls)
                 call = tool_call(event.tool_id, event.tool_name, "")
@@ -613,6 +617,16 @@ class ChatStream:
                 usage = [dumps(self._usage_chunk(event.usage))] if self.include_usage else []
                 return [*usage, DONE]
         return []
+
+    def _text_chunk(self, text: str) -> str:
+        """`_chunk({"content": text})`, the same characters, from its two fixed ends: the one
+        chunk of every token, built without a dict to encode each time."""
+        if self._text_ends is None:
+            whole = self._chunk({"content": PLACE})
+            before, _, after = whole.rpartition(dumps(PLACE))  # the last: after any model id
+            self._text_ends = before, after
+        before, after = self._text_ends
+        return before + dumps(text) + after
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sluicegate import errors
 from sluicegate.events import (
@@ -419,3 +421,17 @@ def test_snapshots_as_the_log_grows() -> None:
     partial = replay(META, events[:4]).snapshot()
     assert partial["output"][0]["content"][0]["text"] == "ab" and partial["usage"] is None
     assert replay(META, events).snapshot()["status"] == "completed"
+
+
+@given(text=st.text(min_size=1), model=st.text(), include_usage=st.booleans())
+def test_a_text_chunk_is_what_encoding_its_dict_gives(
+    text: str, model: str, include_usage: bool
+) -> None:
+    """The chunk built from its fixed ends, character for character, whatever the text or the
+    model id (quotes, control characters, the placeholder itself) holds."""
+    chat = openai.ChatStream("chatcmpl-1", 7, model + openai.PLACE, include_usage)
+    (fast,) = chat.feed(TextDelta(text))
+    assert fast == chat._chunk({"content": text})
+    assert json.loads(fast)["choices"][0]["delta"] == {"content": text}
+    (again,) = chat.feed(TextDelta(text + openai.PLACE))
+    assert json.loads(again)["choices"][0]["delta"]["content"] == text + openai.PLACE
