@@ -40,6 +40,8 @@ from sluicegate.events import (
 )
 from sluicegate.generation import Meter
 
+FIRST_PART = 1024  # bytes of a first read parsed on their own: a few events, the first token
+
 
 class Limiter:
     """At most `concurrency` streams at once; up to `queue` more wait, in order; the rest are
@@ -338,13 +340,19 @@ class Upstream:
     ) -> AsyncIterator[ServerSentEvent]:
         """The body's server-sent events (the openai and anthropic APIs)."""
         parser = SSEParser()
+        first = True
         async for raw in self.chunks(response, meter):
-            try:
-                events = parser.feed(raw)
-            except SSEError as exc:
-                raise errors.ModelStreamError(f"Provider {self.name}: {exc}") from None
-            for event in events:
-                yield event
+            # A fast upstream's whole answer can come in the first read: its head is parsed
+            # (and its first token sent) before the rest is.
+            parts = (raw[:FIRST_PART], raw[FIRST_PART:]) if first else (raw,)
+            first = False
+            for part in parts:
+                try:
+                    events = parser.feed(part)
+                except SSEError as exc:
+                    raise errors.ModelStreamError(f"Provider {self.name}: {exc}") from None
+                for event in events:
+                    yield event
 
     async def open(self, request: Outgoing, meter: Meter) -> Answer:
         """Send and wait for the status line, within the first-byte deadline; errors before
