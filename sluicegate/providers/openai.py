@@ -46,11 +46,16 @@ class OpenAIProvider(Upstream):
                 return
             chunk = self._chunk(event.data)
             chunk_usage(chunk, meter)
-            for text in chunk_texts(chunk):
-                yield text
-            for piece in _tool_pieces(chunk, calls):
-                yield piece
-            finish = first_choice(chunk).get("finish_reason")
+            choice = first_choice(chunk)
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str) and content:
+                    yield content
+                if "tool_calls" in delta:
+                    for piece in _tool_pieces(delta, calls):
+                        yield piece
+            finish = choice.get("finish_reason")
             if isinstance(finish, str):
                 yield Finish(FINISHES.get(finish, "end_turn"))
         raise errors.ModelStreamError(f"Provider {self.name} ended the stream without [DONE].")
@@ -125,10 +130,9 @@ def _messages(m: Message) -> list[dict[str, Any]]:
     return [*results, *([{"role": m.role, "content": m.text}] if m.text or not results else [])]
 
 
-def _tool_pieces(chunk: dict[str, Any], calls: set[int]) -> list[Piece]:
-    """A chunk's tool call deltas: a call seen first starts (id and name), then its arguments."""
-    delta = first_choice(chunk).get("delta")
-    found = delta.get("tool_calls") if isinstance(delta, dict) else None
+def _tool_pieces(delta: dict[str, Any], calls: set[int]) -> list[Piece]:
+    """A delta's tool calls: a call seen first starts (id and name), then its arguments."""
+    found = delta.get("tool_calls")
     out: list[Piece] = []
     for call in found if isinstance(found, list) else []:
         function = call.get("function") if isinstance(call, dict) else None
