@@ -28,17 +28,16 @@ class SSEError(ValueError):
 
 def encode(data: str, *, event: str | None = None, id: str | None = None) -> bytes:
     """One event. `data` may hold newlines (each line becomes a `data:` field)."""
-    lines = []
+    head = ""
     if id is not None:
         _check_field(id, "id")
-        lines.append(f"id: {id}")
+        head = f"id: {id}\n"
     if event is not None:
         _check_field(event, "event")
-        lines.append(f"event: {event}")
-    lines += [
-        f"data: {line}" for line in data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    ]
-    return ("\n".join(lines) + "\n\n").encode("utf-8")
+        head += f"event: {event}\n"
+    if "\n" in data or "\r" in data:
+        data = data.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\ndata: ")
+    return f"{head}data: {data}\n\n".encode()
 
 
 def comment(text: str = "") -> bytes:

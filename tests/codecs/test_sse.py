@@ -92,3 +92,17 @@ def test_mixed_line_endings_split_anywhere(endings: list[bytes], cuts: list[int]
         ServerSentEvent("", "message", None, 50),
         ServerSentEvent("z", "message", "9"),
     ]
+
+
+@given(st.text(), st.one_of(st.none(), st.text()), st.one_of(st.none(), st.text()))
+def test_an_event_is_its_fields_then_one_data_line_per_line(
+    data: str, event: str | None, id: str | None
+) -> None:
+    """The framing written out the long way: each field a line, each line of data its own
+    `data:` field (CRLF, CR and LF all end a line), then a blank line."""
+    assume(all(v is None or not set(v) & {"\n", "\r", "\0"} for v in (event, id)))
+    lines = [f"id: {id}"] * (id is not None) + [f"event: {event}"] * (event is not None)
+    lines += [
+        f"data: {line}" for line in data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    ]
+    assert encode(data, event=event, id=id) == ("\n".join(lines) + "\n\n").encode()
