@@ -21,7 +21,7 @@ from starlette.routing import Route
 from sluicegate import errors
 from sluicegate.bus.base import Followable
 from sluicegate.codecs import sse
-from sluicegate.events import Event
+from sluicegate.events import Event, TextDelta
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import address, key_owner, presented_key
 from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
@@ -115,6 +115,11 @@ async def stream_events(gen: Followable, after: int = 0) -> AsyncGenerator[bytes
     (the events up to it are translated but not sent, so a resume sees exactly what a
     continuous stream would have); the stream ends at message_stop or an error."""
     async for i, event in gen.follow():
+        if isinstance(event, TextDelta):  # most events: the short way, the same bytes
+            if i > after:
+                delta = anthropic.text_delta_json(event)
+                yield sse.encode(delta, event="content_block_delta", id=str(i))
+            continue
         out, last = anthropic.api_events(event)
         if i > after:
             for data in out:

@@ -473,6 +473,16 @@ def early_stop_error(reason: str, tokens: int) -> errors.SluicegateError:
     return errors.SluicegateError(f"The model stopped without finishing its answer, {after}.")
 
 
+def text_delta_json(event: TextDelta) -> str:
+    """`event_json(event)` encoded (compact, not ASCII-escaped), written out: the one event of
+    every token, with no dict to build and encode each time."""
+    text = json.dumps(event.text, ensure_ascii=False)
+    return (
+        f'{{"type":"content_block_delta","index":{event.index:d},'
+        f'"delta":{{"type":"text_delta","text":{text}}}}}'
+    )
+
+
 def api_events(event: Event) -> tuple[list[dict[str, Any]], bool]:
     """The Messages API stream events for a canonical event, and whether the stream ends with
     them. As that API does, a `ping` follows the first content_block_start; an early end is an

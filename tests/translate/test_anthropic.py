@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sluicegate import errors
 from sluicegate.errors import ValidationError
@@ -24,6 +26,7 @@ from sluicegate.events import (
     TextDelta,
     Usage,
 )
+from sluicegate.translate import anthropic
 from sluicegate.translate.anthropic import (
     api_events,
     early_end,
@@ -594,3 +597,10 @@ def test_natural_stop_reasons_pass_through(reason: Any) -> None:
     assert early_end(MessageDelta(reason)) is None
     [data], last = api_events(MessageDelta(reason))
     assert data["delta"]["stop_reason"] == reason and not last
+
+
+@given(text=st.text(), index=st.integers(min_value=0, max_value=2**31))
+def test_a_text_delta_written_out_is_its_event_encoded(text: str, index: int) -> None:
+    event = TextDelta(text, index)
+    encoded = json.dumps(anthropic.event_json(event), ensure_ascii=False, separators=(",", ":"))
+    assert anthropic.text_delta_json(event) == encoded
