@@ -10,9 +10,7 @@ error type; after it, an `event: error`, and the stream ends.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,7 +19,7 @@ from starlette.routing import Route
 from sluicegate import errors
 from sluicegate.bus.base import Followable
 from sluicegate.codecs import sse
-from sluicegate.events import Event, TextDelta
+from sluicegate.events import Event
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import address, key_owner, presented_key
 from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
@@ -57,11 +55,7 @@ class Unauthenticated(errors.SluicegateError):
     openai = "authentication_error"
 
 
-def _json(data: dict[str, Any]) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-
-
-PING = sse.encode(_json({"type": "ping"}), event="ping")
+PING = sse.encode(anthropic.dumps({"type": "ping"}), event="ping")
 
 
 def error_response(exc: errors.SluicegateError) -> JSONResponse:
@@ -115,15 +109,10 @@ async def stream_events(gen: Followable, after: int = 0) -> AsyncGenerator[bytes
     (the events up to it are translated but not sent, so a resume sees exactly what a
     continuous stream would have); the stream ends at message_stop or an error."""
     async for i, event in gen.follow():
-        if isinstance(event, TextDelta):  # most events: the short way, the same bytes
-            if i > after:
-                delta = anthropic.text_delta_json(event)
-                yield sse.encode(delta, event="content_block_delta", id=str(i))
-            continue
-        out, last = anthropic.api_events(event)
+        out, last = anthropic.wire_events(event)
         if i > after:
-            for data in out:
-                yield sse.encode(_json(data), event=data["type"], id=str(i))
+            for kind, data in out:
+                yield sse.encode(data, event=kind, id=str(i))
         if last:
             return
 

@@ -498,6 +498,19 @@ def api_events(event: Event) -> tuple[list[dict[str, Any]], bool]:
     return [data], isinstance(event, MessageStop)
 
 
+def wire_events(event: Event) -> tuple[list[tuple[str, str]], bool]:
+    """`api_events`, each as its type and its JSON text (compact, not ASCII-escaped); a text
+    delta, most of any stream, written out with no dict built and encoded."""
+    if isinstance(event, TextDelta):
+        return [("content_block_delta", text_delta_json(event))], False
+    out, last = api_events(event)
+    return [(data["type"], dumps(data)) for data in out], last
+
+
+def dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
 def invocation_metrics(stop: MessageStop) -> dict[str, int]:
     """Bedrock's `amazon-bedrock-invocationMetrics`, from the Generation's own figures."""
     m = stop.metrics
