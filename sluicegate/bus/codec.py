@@ -7,13 +7,14 @@ import json
 import typing
 from typing import Any
 
+from sluicegate.codecs import jsonbody
 from sluicegate.events import Event, MessageStop, Metrics, TextDelta, Usage
 
 TYPES: dict[str, type[Any]] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
 
 def dumps(event: Event) -> bytes:
-    return json.dumps(encode(event), ensure_ascii=False, separators=(",", ":")).encode()
+    return jsonbody.dumps(encode(event)).encode()
 
 
 def encode(event: Event) -> dict[str, Any]:
@@ -24,7 +25,7 @@ def encode(event: Event) -> dict[str, Any]:
 
 def dumps_many(batch: list[Event]) -> bytes:
     body = [encode(e) for e in batch]
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return jsonbody.dumps(body).encode()
 
 
 def loads_many(raw: bytes | str) -> list[Event | None]:

@@ -51,3 +51,8 @@ def _has_lone_surrogate(value: Any) -> bool:
         elif isinstance(item, list):
             stack += item
     return False
+
+
+def dumps(data: Any) -> str:
+    """Compact JSON, not ASCII-escaped: what the wire formats here send."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from sluicegate import errors
 from sluicegate.bus.base import Followable
-from sluicegate.codecs import sse
+from sluicegate.codecs import jsonbody, sse
 from sluicegate.events import Event
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import address, key_owner, presented_key
@@ -55,7 +55,7 @@ class Unauthenticated(errors.SluicegateError):
     openai = "authentication_error"
 
 
-PING = sse.encode(anthropic.dumps({"type": "ping"}), event="ping")
+PING = sse.encode(jsonbody.dumps({"type": "ping"}), event="ping")
 
 
 def error_response(exc: errors.SluicegateError) -> JSONResponse:

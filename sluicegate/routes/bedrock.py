@@ -8,7 +8,6 @@ verified (routes/aws.py). Errors before the first byte are Bedrock's own: status
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sluicegate import errors
-from sluicegate.codecs import eventstream
+from sluicegate.codecs import eventstream, jsonbody
 from sluicegate.events import EARLY_STOPS, ChatRequest, Event, MessageStop
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import address, caller, error_response, require_signature
@@ -139,7 +138,7 @@ def chunk_frames(chunks: Chunks) -> Callable[[Event], bytes | None]:
 
 
 def chunk_frame(data: dict[str, Any]) -> bytes:
-    raw = base64.b64encode(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
+    raw = base64.b64encode(jsonbody.dumps(data).encode())
     return eventstream.event("chunk", converse.dumps({"bytes": raw.decode()}))
 
 

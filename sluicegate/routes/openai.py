@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sluicegate import errors
-from sluicegate.codecs import sse
+from sluicegate.codecs import jsonbody, sse
 from sluicegate.events import EARLY_STOPS, ChatRequest, Event
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
@@ -306,7 +306,7 @@ async def response_events(stored: Stored, after: int) -> AsyncGenerator[bytes, N
         for data in stream.feed(event):
             n = data["sequence_number"]
             if n > after:
-                yield sse.encode(openai.dumps(data), event=data["type"], id=str(n))
+                yield sse.encode(jsonbody.dumps(data), event=data["type"], id=str(n))
 
 
 def routes() -> list[Route]:

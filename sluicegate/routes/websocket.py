@@ -324,15 +324,15 @@ class WebSocketApi:
                     if seq <= after:
                         continue  # another replica's log, still catching up to `after`
                     conn.send(
-                        wire.dumps({"type": "delta", "id": cid, "seq": seq, "text": event.text})
+                        jsonbody.dumps({"type": "delta", "id": cid, "seq": seq, "text": event.text})
                     )
                 elif isinstance(event, MessageStop):
-                    conn.send(wire.dumps(wire.end_message(cid, gen.stop_reason, event)))
+                    conn.send(jsonbody.dumps(wire.end_message(cid, gen.stop_reason, event)))
                 elif isinstance(event, MessageStart):
-                    conn.send(wire.dumps(wire.start_message(cid, event, live.token)))
+                    conn.send(jsonbody.dumps(wire.start_message(cid, event, live.token)))
                 elif isinstance(event, ErrorEvent):
                     exc = errors.from_event(event.code, event.message)
-                    conn.send(wire.dumps(wire.error_from(cid, exc)))
+                    conn.send(jsonbody.dumps(wire.error_from(cid, exc)))
 
     def _detach(self, conn: Connection) -> None:
         """The connection dropped: keep its generations for a grace period, then cancel them."""
@@ -408,7 +408,7 @@ async def _write(conn: Connection, ws: WebSocket) -> None:
 
 def _reply(conn: Connection, message: Body) -> None:
     with contextlib.suppress(errors.Gone):
-        conn.send(wire.dumps(message))
+        conn.send(jsonbody.dumps(message))
 
 
 def _route_path(expression: str) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sluicegate import errors
 from sluicegate.codecs import jsonbody
+from sluicegate.codecs.jsonbody import dumps
 from sluicegate.errors import ValidationError
 from sluicegate.events import (
     EARLY_STOPS,
@@ -505,10 +506,6 @@ def wire_events(event: Event) -> tuple[list[tuple[str, str]], bool]:
         return [("content_block_delta", text_delta_json(event))], False
     out, last = api_events(event)
     return [(data["type"], dumps(data)) for data in out], last
-
-
-def dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def invocation_metrics(stop: MessageStop) -> dict[str, int]:

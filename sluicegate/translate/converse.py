@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
+from sluicegate.codecs import jsonbody
 from sluicegate.errors import ValidationError
 from sluicegate.events import (
     EARLY_STOPS,
@@ -325,4 +325,4 @@ def _block(b: tools.Block) -> dict[str, Any]:
 
 
 def dumps(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    return jsonbody.dumps(payload).encode()

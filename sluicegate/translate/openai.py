@@ -16,6 +16,7 @@ from typing import Any
 
 from sluicegate import errors
 from sluicegate.codecs import jsonbody
+from sluicegate.codecs.jsonbody import dumps
 from sluicegate.events import (
     EARLY_STOPS,
     BlockStart,
@@ -555,10 +556,6 @@ def part_text(part: Any, where: str, types: tuple[str, ...]) -> str:
 
 
 PLACE = "\ue000text"  # stands for a text delta's content in the chunk built once per stream
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def usage_json(usage: Usage) -> dict[str, int]:

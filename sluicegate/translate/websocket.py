@@ -9,7 +9,6 @@ Out: {"type": "start", "id", "model"}, {"type": "delta", "id", "seq", "text"},
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sluicegate.errors import SluicegateError, ValidationError
@@ -100,7 +99,3 @@ def error(gen_id: str | None, code: str, message: str) -> dict[str, Any]:
 
 def error_from(gen_id: str | None, exc: SluicegateError) -> dict[str, Any]:
     return error(gen_id, exc.aws, exc.message)
-
-
-def dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))

@@ -11,12 +11,12 @@ how one piece of text, the opening and the closing chunks and the whole answer l
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from sluicegate.codecs import jsonbody
 from sluicegate.events import (
     BlockStop,
     ChatRequest,
@@ -184,4 +184,4 @@ def kind(value: Any) -> str:
 
 
 def dumps(data: Json) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return jsonbody.dumps(data).encode()
