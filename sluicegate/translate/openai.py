@@ -582,7 +582,10 @@ class ChatStream:
         self.include_usage = include_usage
         self.ended = False
         self.calls: dict[int, int] = {}  # a tool_use block's index -> its tool call's index
-        self._text_ends: tuple[str, str] | None = None
+        # A text chunk's two fixed ends, around its encoded text (the last PLACE: after any
+        # model id): the one chunk of every token, built without a dict to encode each time.
+        before, _, after = self._chunk({"content": PLACE}).rpartition(dumps(PLACE))
+        self._text_ends = before, after
 
     def feed(self, event: Event) -> list[str]:
         if self.ended:
@@ -616,12 +619,7 @@ class ChatStream:
         return []
 
     def _text_chunk(self, text: str) -> str:
-        """`_chunk({"content": text})`, the same characters, from its two fixed ends: the one
-        chunk of every token, built without a dict to encode each time."""
-        if self._text_ends is None:
-            whole = self._chunk({"content": PLACE})
-            before, _, after = whole.rpartition(dumps(PLACE))  # the last: after any model id
-            self._text_ends = before, after
+        """`_chunk({"content": text})`, the same characters."""
         before, after = self._text_ends
         return before + dumps(text) + after
 
