@@ -1,6 +1,7 @@
 """sluicegate's embedded engine beside llama.cpp's own C++ `llama-server`, in one run.
 
     .venv/bin/python bench/llama_server.py [--levels 1,8,32] [--rounds 2] [--alternations 2]
+                                           [--prompt default|code]
 
 llama-server is built here, once, in a bench-only step: from the llama.cpp that the pinned
 llama-cpp-python source distribution vendors (the very version the engine runs), target
@@ -18,7 +19,8 @@ same client code
 2. `llama-server -np 32 --cont-batching` on the Q8_0 copy sluicegate batches on;
 3. `llama-server -np 8` on the shipped Q4_1 file (levels up to 8).
 
-Every request: the same prompt, `max_tokens` 128, the same sampling (temperature 0.2, top_p 0.9,
+Every request: the same prompt (`--prompt code`: a code edit, whose answer repeats much of
+its prompt), `max_tokens` 128, the same sampling (temperature 0.2, top_p 0.9,
 the embedded model's card defaults), and `ignore_eos` for llama-server is NOT set: both stop where
 the model stops, and tokens/s counts the tokens each server reports. The table goes to stdout and
 bench/results.md.
@@ -54,6 +56,23 @@ RESULTS = ROOT / "bench" / "results.md"
 SAMPLING = {"top_p": 0.9}
 TEMPERATURE = 0.2
 MAX_TOKENS = 128
+CODE = """def merge_intervals(intervals):
+    \"\"\"Merge overlapping [start, end] intervals.\"\"\"
+    intervals = sorted(intervals, key=lambda x: x[0])
+    merged = []
+    for start, end in intervals:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
+"""
+# --prompt: the usual question, or a code edit, whose answer repeats much of its prompt (what
+# prompt lookup is for).
+PROMPTS = {
+    "default": bench.PROMPT,
+    "code": f"Rename the function to join_ranges and return the code:\n\n```python\n{CODE}```",
+}
 CMAKE_FLAGS = [
     "-DCMAKE_BUILD_TYPE=Release",
     "-DGGML_NATIVE=ON",
@@ -147,7 +166,7 @@ def measure(target: bench.Target, levels: Sequence[int], rounds: int) -> list[be
 
 
 def sluicegate_rows(
-    levels: Sequence[int], rounds: int, workdir: Path
+    levels: Sequence[int], rounds: int, workdir: Path, prompt: str
 ) -> list[tuple[str, list[bench.Level]]]:
     port = free_port()
     config = workdir / "sluicegate.toml"
@@ -163,7 +182,8 @@ def sluicegate_rows(
         ):
             target = bench.Target(
                 base, bench.door_named(door), "anthropic.claude-3-haiku-20240307-v1:0",
-                max_tokens=MAX_TOKENS, temperature=TEMPERATURE, extra=dict(SAMPLING), label=label,
+                prompt=prompt, max_tokens=MAX_TOKENS, temperature=TEMPERATURE,
+                extra=dict(SAMPLING), label=label,
             )  # fmt: skip
             rows.append((label, measure(target, levels, rounds)))
     return rows
@@ -177,6 +197,7 @@ def peer_rows(
     rounds: int,
     workdir: Path,
     label: str,
+    prompt: str,
 ) -> tuple[str, list[bench.Level]]:
     port = free_port()
     threads = str(os.cpu_count() or 2)
@@ -186,8 +207,8 @@ def peer_rows(
     base = f"http://127.0.0.1:{port}"
     with running(cmd, base + "/health", workdir):
         target = bench.Target(
-            base + "/v1", "openai", "smollm2", max_tokens=MAX_TOKENS, temperature=TEMPERATURE,
-            extra=dict(SAMPLING), label=label,
+            base + "/v1", "openai", "smollm2", prompt=prompt, max_tokens=MAX_TOKENS,
+            temperature=TEMPERATURE, extra=dict(SAMPLING), label=label,
         )  # fmt: skip
         return label, measure(target, [c for c in levels if c <= parallel], rounds)
 
@@ -224,9 +245,11 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--alternations", type=int, default=2)
+    parser.add_argument("--prompt", choices=sorted(PROMPTS), default="default")
     parser.add_argument("--build-only", action="store_true")
     args = parser.parse_args()
     levels = [int(c) for c in args.levels.split(",")]
+    prompt = PROMPTS[args.prompt]
     exe = llama_server()
     if args.build_only:
         return
@@ -234,13 +257,22 @@ def main() -> None:
     q8 = q8_0_weights(shipped)
     started = datetime.datetime.now(datetime.UTC)
     systems: list[Callable[[Path], list[tuple[str, list[bench.Level]]]]] = [
-        lambda workdir: sluicegate_rows(levels, args.rounds, workdir),
+        lambda workdir: sluicegate_rows(levels, args.rounds, workdir, prompt),
         lambda workdir: [
-            peer_rows(exe, q8, 32, levels, args.rounds, workdir, "llama-server -np 32, Q8_0 copy")
+            peer_rows(
+                exe, q8, 32, levels, args.rounds, workdir, "llama-server -np 32, Q8_0 copy", prompt
+            )
         ],
         lambda workdir: [
             peer_rows(
-                exe, shipped, 8, levels, args.rounds, workdir, "llama-server -np 8, shipped Q4_1"
+                exe,
+                shipped,
+                8,
+                levels,
+                args.rounds,
+                workdir,
+                "llama-server -np 8, shipped Q4_1",
+                prompt,
             )
         ],
     ]
@@ -260,14 +292,15 @@ def main() -> None:
     results = [(label, list(merged[label].values())) for label in order if label in merged]
     title = (
         f"## Embedded engine beside llama-server ({started:%Y-%m-%d %H:%M} UTC, {cpu_name()}, "
-        f"{os.cpu_count()} cores, {MAX_TOKENS}-token answers)"
+        f"{os.cpu_count()} cores, {MAX_TOKENS}-token answers, prompt {args.prompt!r})"
     )
     pooled = f"{args.alternations} alternations of {args.rounds} rounds per level, pooled."
     text = "\n".join([title, "", pooled, "", bench.table(results)])
-    text += (
-        "\n".join(ratios(results, "sluicegate, OpenAI door", "llama-server -np 32, Q8_0 copy"))
-        + "\n"
-    )
+    for ours, peer in (
+        ("sluicegate, OpenAI door", "llama-server -np 32, Q8_0 copy"),
+        ("sluicegate, OpenAI door", "llama-server -np 8, shipped Q4_1"),
+    ):
+        text += "".join(line + "\n" for line in ratios(results, ours, peer))
     for line in bench.errors(results)[:10]:
         text += f"- error: {line}\n"
     print("\n" + text)

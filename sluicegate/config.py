@@ -63,6 +63,8 @@ class EngineSettings(Strict):
     adaptive_threads: bool = True
     flash_attn: bool = True  # in the unified layout only (see providers/scheduler.EngineConfig)
     max_queue: int = Field(256, ge=0)
+    # Draft tokens of prompt lookup for a lone stream (see providers/scheduler.EngineConfig).
+    lookup: int = Field(7, ge=0, le=32)
 
 
 class ScriptedSettings(Strict):

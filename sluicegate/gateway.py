@@ -240,6 +240,9 @@ def engine_figures(engine: Any) -> dict[str, float]:
         "prefix_tokens_reused_total": s.prefix_tokens_reused,
         "cancelled_sequences_total": s.cancelled,
         "preempted_sequences_total": s.preempted,
+        # Prompt lookup (a lone stream): draft tokens computed, and those the model kept.
+        "draft_tokens_total": s.drafted,
+        "draft_tokens_kept_total": s.draft_kept,
         # The decode width now (one while other processes keep the cores busy), and how
         # often it changed: what a slow engine on a shared host is first checked for.
         "decode_threads": engine.llama.threads.n,

@@ -30,6 +30,7 @@ from sluicegate.providers.scheduler import (
     SoloClear,
     SoloEnter,
     SoloLeave,
+    SoloTrim,
 )
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,9 @@ class SoloLane:
         # The cells' metadata only: wiping the buffer itself (data=True) costs tens of ms.
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx.ctx), False)
         self.seq = None
+
+    def trim(self, p0: int) -> None:
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx.ctx), 0, p0, -1)
 
     def cells(self) -> int:
         mem = llama_cpp.llama_get_memory(self.ctx.ctx)
@@ -293,6 +297,9 @@ class Llama:
             case SoloClear():
                 assert self.solo is not None
                 self.solo.clear()
+            case SoloTrim(p0):
+                assert self.solo is not None
+                self.solo.trim(p0)
             case FreeSampler(seq):
                 self.free_sampler(seq)
         return None
@@ -314,7 +321,15 @@ class Llama:
             self.threads.record(width, op.solo, len(op.rows), time.perf_counter() - started)
         else:
             self._decode(ctx, b)
-        return [self.sample(seq, i, ctx) for i, seq in op.outputs]
+        if not op.draft:
+            return [self.sample(seq, i, ctx) for i, seq in op.outputs]
+        sampled: Sampled = []
+        for i, seq in op.outputs:
+            token, eog, piece = self.sample(seq, i, ctx)
+            sampled.append((token, eog, piece))
+            if eog or i + 1 == len(op.rows) or op.rows[i + 1][0] != token:
+                break  # the draft's next token is not the model's: the rest is not computed
+        return sampled
 
     def sample(self, seq: Sequence, i: int, ctx: Any) -> tuple[int, bool, bytes]:
         if isinstance(seq.sampler, Sampler):

@@ -24,6 +24,9 @@ from typing import Any, Literal
 Sink = Callable[[str, int, str | None], None]
 # Shorter shared prefixes are recomputed: not worth a KV cache operation.
 MIN_PREFIX = 8
+# Tokens that must repeat before prompt lookup drafts what followed them (EngineConfig.lookup):
+# shorter ones match by chance, and a rejected draft costs nearly its length in compute.
+LOOKUP_NGRAM = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,11 @@ class EngineConfig:
     # faster steps at 8 streams, 20-25% at 32.
     flash_attn: bool = True
     max_queue: int = 256
+    # Prompt lookup in the solo lane: when the last LOOKUP_NGRAM tokens appeared earlier in
+    # the prompt or the answer, the tokens that followed them then go into the step as a
+    # draft of up to this many tokens, and every one the model samples the same is kept (an
+    # answer that repeats its prompt, as code edits do, takes fewer steps). 0: off.
+    lookup: int = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +115,8 @@ class EngineStats:
     preempted: int = 0
     prefix_tokens_reused: int = 0
     solo_moves: int = 0  # sequences moved into or out of the solo lane
+    drafted: int = 0  # prompt lookup's draft tokens computed, and those the model kept
+    draft_kept: int = 0
     samplers: int = 0  # sampler chains alive (0 when idle: nothing leaked)
 
 
@@ -150,6 +160,14 @@ class SoloClear:
 
 
 @dataclass(frozen=True, slots=True)
+class SoloTrim:
+    """Drop the solo lane's cells from position `p0` on (a draft's tokens the model did not
+    keep)."""
+
+    p0: int
+
+
+@dataclass(frozen=True, slots=True)
 class FreeSampler:
     seq: Sequence
 
@@ -161,14 +179,20 @@ Row = tuple[int, int, tuple[int, ...], bool]
 @dataclass(slots=True)
 class Decode:
     """One llama_decode call; then one token sampled from the logits of each output row.
-    Sent back: for each output, (token, end of generation, the token's bytes)."""
+    Sent back: for each output, (token, end of generation, the token's bytes).
+
+    `draft`: the outputs are one sequence's rows in order, all but the first a draft; each
+    output after the first is sampled only if the one before gave its row's token (and no
+    end of generation), so fewer may come back, and the sampler draws exactly as it would
+    have one token per step."""
 
     rows: list[Row]
     outputs: list[tuple[int, Sequence]]
     solo: bool = False
+    draft: bool = False
 
 
-Op = Free | Copy | SoloEnter | SoloLeave | SoloClear | FreeSampler | Decode
+Op = Free | Copy | SoloEnter | SoloLeave | SoloClear | SoloTrim | FreeSampler | Decode
 Sampled = list[tuple[int, bool, bytes]]
 Step = Generator[Op, Sampled | None, None]
 
@@ -191,6 +215,7 @@ class Scheduler:
         self.free_slots = list(range(config.n_parallel - 1, -1, -1))
         self.cache_slot = config.n_parallel  # one extra sequence id holds the prefix cache
         self.cache_tokens: list[int] = []
+        self.lookup = Lookup()
 
     # -- between steps ---------------------------------------------------------------------
 
@@ -307,10 +332,24 @@ class Scheduler:
         if self.solo_seq is None:
             return False
         seq = self.solo_seq
-        decode = Decode([(seq.tokens[seq.n_past], seq.n_past, (0,), True)], [(0, seq)], True)
-        seq.n_past += 1
+        # Never a draft past max_tokens: every token sampled is one the answer may have.
+        room = min(
+            self.config.lookup, seq.sampling.max_tokens - seq.decoded - 1, self.config.n_batch - 1
+        )
+        draft = self.lookup.draft(seq, room) if room > 0 else []
+        tokens = [seq.tokens[seq.n_past], *draft]
+        rows: list[Row] = [(t, seq.n_past + i, (0,), True) for i, t in enumerate(tokens)]
+        decode = Decode(rows, [(i, seq) for i in range(len(rows))], True, bool(draft))
+        seq.n_past += len(rows)
         sampled = yield decode
         self.stats.steps += 1
+        if draft:
+            assert sampled is not None and 0 < len(sampled) <= len(rows)
+            self.stats.drafted += len(draft)
+            self.stats.draft_kept += len(sampled) - 1
+            if len(sampled) < len(rows):
+                seq.n_past -= len(rows) - len(sampled)
+                yield SoloTrim(seq.n_past)
         yield from self._sampled(decode, sampled)
         return True
 
@@ -405,8 +444,9 @@ class Scheduler:
     # -- after a decode --------------------------------------------------------------------
 
     def _sampled(self, decode: Decode, sampled: Sampled | None) -> Step:
-        assert sampled is not None and len(sampled) == len(decode.outputs)
-        for (_, seq), (token, eog, piece) in zip(decode.outputs, sampled, strict=True):
+        assert sampled is not None
+        assert len(sampled) == len(decode.outputs) or (decode.draft and len(sampled) >= 1)
+        for (_, seq), (token, eog, piece) in zip(decode.outputs, sampled, strict=False):
             seq.tokens.append(token)
             seq.decoded += 1
             self.stats.tokens_decoded += 1
@@ -448,6 +488,27 @@ class Scheduler:
         yield Free(seq.slot)  # (the cells are counted again before it leaves `running`)
         self.running.remove(seq)
         self.free_slots.append(seq.slot)
+
+
+class Lookup:
+    """Where each run of LOOKUP_NGRAM tokens last appeared in one sequence's tokens, kept up
+    to date as the answer grows; a draft is what followed the last such run the last time."""
+
+    def __init__(self) -> None:
+        self.seq: Sequence | None = None
+        self.after: dict[tuple[int, ...], int] = {}  # a run -> where what followed it starts
+        self.indexed = 0  # runs starting before this are in `after`
+
+    def draft(self, seq: Sequence, most: int) -> list[int]:
+        n, tokens = LOOKUP_NGRAM, seq.tokens
+        if seq is not self.seq:
+            self.seq, self.after, self.indexed = seq, {}, 0
+        # A run counts once a token follows it (the last run is the one looked up).
+        for start in range(self.indexed, len(tokens) - n):
+            self.after[tuple(tokens[start : start + n])] = start + n
+        self.indexed = max(self.indexed, len(tokens) - n)
+        at = self.after.get(tuple(tokens[-n:]))
+        return [] if at is None else tokens[at : at + most]
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:

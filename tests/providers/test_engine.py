@@ -134,6 +134,54 @@ def test_a_shared_prefix_is_reused_not_recomputed(local: LocalProvider) -> None:
     assert engine.stats.prompt_tokens - computed_before <= total - 2 * 40
 
 
+CODE = """def merge_intervals(intervals):
+    intervals = sorted(intervals, key=lambda x: x[0])
+    merged = []
+    for start, end in intervals:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
+"""
+
+
+def test_an_answer_that_repeats_its_prompt_takes_fewer_steps(local: LocalProvider) -> None:
+    """Prompt lookup in the solo lane: the code the answer copies is drafted from the prompt
+    and kept where the model samples the same; a stop in the middle of it still holds, and no
+    cell is left behind (rejected drafts' cells are dropped)."""
+    engine = local.engine
+    assert engine.solo is not None and engine.config.lookup > 0
+    ask = f"Return this code unchanged:\n\n```python\n{CODE}```"
+    seq = sequence(local, ask, 120, temperature=0.0)
+    before = (engine.stats.steps, engine.stats.drafted, engine.stats.draft_kept)
+    engine.submit(seq)
+    assert sink(seq).done.wait(120)
+    steps, drafted, kept = (
+        now - then
+        for now, then in zip(
+            (engine.stats.steps, engine.stats.drafted, engine.stats.draft_kept), before, strict=True
+        )
+    )
+    answer = "".join(sink(seq).texts)
+    assert "def merge_intervals(intervals):" in answer, answer  # (a 135M model copies loosely)
+    assert kept > 0 and kept <= drafted
+    # One token a step, and each draft token kept one more, after the prompt's pieces.
+    pieces = -(-len(seq.prompt) // engine.config.prefill_chunk)
+    assert steps == seq.decoded - kept + pieces - 1
+    assert wait_until(lambda: engine.active() == (0, 0))
+    assert engine.kv_cells_used() == 0
+
+    stopped = sequence(local, ask, 120, temperature=0.0)
+    engine.submit(stopped)
+    assert wait_until(lambda: stopped.decoded >= 20)
+    engine.cancel(stopped)
+    at_cancel = stopped.decoded
+    assert wait_until(lambda: engine.active() == (0, 0))
+    assert stopped.decoded - at_cancel <= engine.config.lookup + 1  # the step under way
+    assert sink(stopped).finish is None and engine.kv_cells_used() == 0
+
+
 def test_multibyte_characters_are_never_split(local: LocalProvider) -> None:
     import codecs
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,6 +40,7 @@ from sluicegate.providers.scheduler import (
     SoloClear,
     SoloEnter,
     SoloLeave,
+    SoloTrim,
     Step,
 )
 
@@ -56,6 +59,9 @@ class Fake:
     samplers: int = 0
     batched_steps: list[tuple[list[Sequence], Decode]] = field(default_factory=list)
     refuse_chance: float = 0.0
+    # A deterministic model (the next token from all before it), or None: random tokens.
+    model: Callable[[list[int]], int] | None = None
+    steps: int = 0
 
     def slot(self, s: int) -> set[int]:
         return self.cells.setdefault(s, set())
@@ -75,11 +81,14 @@ class Fake:
                 self.solo = set()
             case SoloClear():
                 self.solo = set()
+            case SoloTrim(p0):
+                self.solo = {p for p in self.solo if p < p0}
             case FreeSampler(seq):
                 if seq.sampler is not None:
                     seq.sampler = None
                     self.samplers -= 1
-            case Decode(rows, outputs, solo):
+            case Decode(rows, outputs, solo, draft):
+                self.steps += 1
                 assert 0 < len(rows) <= self.config.n_batch
                 for _, pos, slots, _ in rows:
                     for s in slots:
@@ -91,14 +100,31 @@ class Fake:
                 if not solo:
                     decoding = [s for s in sched.running if s.pending == 0 and s.decoded > 0]
                     self.batched_steps.append((decoding, op))
-                return [self.sample() for _ in outputs]
+                if not draft:
+                    return [self.sample(seq.tokens[: rows[i][1] + 1]) for i, seq in outputs]
+                assert solo and [i for i, _ in outputs] == list(range(len(rows)))
+                seq = outputs[0][1]
+                assert rows[0][1] == len(seq.tokens) - 1, "a draft starts at the pending token"
+                sampled = []
+                for i in range(len(rows)):
+                    ahead = rows[i + 1][0] if i + 1 < len(rows) else None
+                    got = self.sample(seq.tokens + [r[0] for r in rows[1 : i + 1]], ahead)
+                    sampled.append(got)
+                    if got[1] or got[0] != ahead:
+                        break
+                return sampled
         return None
 
-    def sample(self) -> tuple[int, bool, bytes]:
-        if self.rng.random() < self.eog_chance:
-            return EOG, True, b""
-        token = self.rng.randrange(1, 50)
-        return token, False, f"w{token} ".encode()
+    def sample(self, context: list[int], ahead: int | None = None) -> tuple[int, bool, bytes]:
+        if self.model is not None:
+            token = self.model(context)
+        elif self.rng.random() < self.eog_chance:
+            token = EOG
+        elif ahead is not None and self.rng.random() < 0.6:
+            token = ahead  # the model agrees with a draft
+        else:
+            token = self.rng.randrange(1, 50)
+        return (EOG, True, b"") if token == EOG else (token, False, f"w{token} ".encode())
 
     def start(self, seq: Sequence) -> bool:
         if seq.sampler is not None:
@@ -114,6 +140,7 @@ class Fake:
 class Ended:
     finish: str | None = None
     tokens: int = 0
+    text: str = ""
     after_cancel: int = 0
 
 
@@ -150,7 +177,10 @@ def prompts(draw: st.DrawFn, bases: list[list[int]]) -> list[int]:
     base = draw(st.sampled_from(bases))
     keep = draw(st.integers(0, len(base)))
     tail = draw(st.lists(st.integers(1, 49), min_size=1 if keep == 0 else 0, max_size=40))
-    return base[:keep] + tail
+    prompt = base[:keep] + tail
+    # Some prompts end by repeating a part of themselves, as code edits do (prompt lookup).
+    start = draw(st.integers(0, len(prompt)))
+    return prompt + prompt[start : start + draw(st.sampled_from([0, 0, 6, 20]))]
 
 
 @st.composite
@@ -185,10 +215,16 @@ def workloads(draw: st.DrawFn) -> tuple[EngineConfig, list[Arrival], float, floa
 
 
 def simulate(
-    config: EngineConfig, arrivals: list[Arrival], eog: float, refuse: float, seed: int, solo: bool
+    config: EngineConfig,
+    arrivals: list[Arrival],
+    eog: float,
+    refuse: float,
+    seed: int,
+    solo: bool,
+    model: Callable[[list[int]], int] | None = None,
 ) -> tuple[Scheduler, Fake, dict[str, Ended], dict[str, tuple[int, int]]]:
     sched = Scheduler(config, config.n_ctx, solo=solo)
-    fake = Fake(config, random.Random(seed), eog, refuse_chance=refuse)
+    fake = Fake(config, random.Random(seed), eog, refuse_chance=refuse, model=model)
     ended: dict[str, Ended] = {}
     seqs: dict[str, Sequence] = {}
     first_token: dict[str, tuple[int, int]] = {}  # key -> (admitted at step, first token step)
@@ -199,6 +235,7 @@ def simulate(
             e = ended.setdefault(key, Ended())
             assert e.finish is None, f"{key} ended twice"
             e.tokens += tokens
+            e.text += text
             if seqs[key].cancelled:
                 e.after_cancel += tokens
             if tokens and key in first_token and first_token[key][1] < 0:
@@ -310,3 +347,73 @@ def test_with_room_for_all_the_first_token_comes_within_the_stated_bound(
         chunk = min(roomy.prefill_chunk, roomy.n_batch)
         bound = math.ceil((ahead + len(arrivals[i].prompt)) / chunk) + 1
         assert got - at <= bound, (key, got - at, bound)
+
+
+def copying_model(seed: int) -> Callable[[list[int]], int]:
+    """The next token from the whole context, the same every time: it often goes on as the
+    context went on after its last four tokens the time before (an answer that repeats its
+    prompt), else a token from a hash; now and then the end."""
+
+    def model(context: list[int]) -> int:
+        h = zlib.crc32(repr((seed, context[-6:], len(context))).encode())
+        if h % 23 == 0:
+            return EOG
+        tail = context[-4:]
+        for start in range(len(context) - 5, -1, -1):
+            if context[start : start + 4] == tail and h % 5:
+                return context[start + 4]
+        return h % 49 + 1
+
+    return model
+
+
+@SETTINGS
+@given(workloads(), st.integers(1, 8), st.booleans())
+def test_prompt_lookup_changes_no_token_only_the_steps(
+    work: tuple[EngineConfig, list[Arrival], float, float, int], lookup: int, apart: bool
+) -> None:
+    """With the same model, every answer is the same token for token with prompt lookup and
+    without it (the solo lane's drafts keep only what the model samples; a stop may come a
+    few tokens sooner or later, as steps end sooner). `apart`: one request at a time, none
+    stopped: each decodes alone, in the solo lane, and each draft token kept saves a step."""
+    config, arrivals, _, _, seed = work
+    if apart:
+        arrivals = [replace(a, at=i * 200, cancel_after=None) for i, a in enumerate(arrivals)]
+    model = copying_model(seed)
+    runs = [
+        simulate(replace(config, lookup=n), arrivals, 0.0, 0.0, seed, True, model)
+        for n in (0, lookup)
+    ]
+    (_, plain, plain_ended, _), (sched, drafted, ended, _) = runs
+    for key in ended.keys() | plain_ended.keys():
+        e, other = ended.get(key, Ended()), plain_ended.get(key, Ended())
+        if e.finish is not None and other.finish is not None:
+            assert (e.text, e.finish) == (other.text, other.finish), key
+        else:  # stopped in one run or both
+            assert e.text.startswith(other.text) or other.text.startswith(e.text), key
+    assert sched.stats.draft_kept <= sched.stats.drafted
+    if apart:
+        assert drafted.steps == plain.steps - sched.stats.draft_kept
+
+
+def test_prompt_lookup_drafts_what_followed_the_last_run_of_tokens() -> None:
+    config = EngineConfig(n_ctx=256, n_parallel=2, lookup=3)
+    prompt = [5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 9, 9, 5, 6, 7, 8]
+
+    def model(context: list[int]) -> int:
+        """What followed the last four tokens before (the answer repeats the prompt)."""
+        for start in range(len(context) - 5, -1, -1):
+            if context[start : start + 4] == context[-4:]:
+                return context[start + 4]
+        return EOG
+
+    arrivals = [Arrival(at=0, prompt=prompt, max_tokens=6, cancel_after=None)]
+    sched, fake, ended, _ = simulate(config, arrivals, 0.0, 0.0, 0, True, model)
+    # The prompt's step samples 9 (after 5 6 7 8); the next step drafts 10 11 12 (after
+    # 6 7 8 9), keeps all three and samples 1 after them; the last one (no room for a draft
+    # under max_tokens) samples 2.
+    assert ended["s0"].text == "w9 w10 w11 w12 w1 w2 "
+    assert (sched.stats.drafted, sched.stats.draft_kept, fake.steps) == (3, 3, 3)
+    again = Sequence("x", [1, 2, 3, 4, 7, 1, 2, 3, 4], Sampling(8), print)
+    assert sched.lookup.draft(again, 3) == [7, 1, 2]  # what followed 1 2 3 4 before
+    assert not fake.solo and ended["s0"].finish == "max_tokens"
