@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sluicegate.providers.scheduler import (
+    LOOKUP_NGRAM,
     Copy,
     Decode,
     EngineConfig,
@@ -398,22 +399,27 @@ def test_prompt_lookup_changes_no_token_only_the_steps(
 
 def test_prompt_lookup_drafts_what_followed_the_last_run_of_tokens() -> None:
     config = EngineConfig(n_ctx=256, n_parallel=2, lookup=3)
-    prompt = [5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 9, 9, 5, 6, 7, 8]
+    assert LOOKUP_NGRAM == 5  # (the example's runs)
+    prompt = [5, 6, 7, 8, 9, 10, 11, 12, 13, 1, 2, 3, 4, 9, 9, 5, 6, 7, 8, 9]
 
     def model(context: list[int]) -> int:
-        """What followed the last four tokens before (the answer repeats the prompt)."""
-        for start in range(len(context) - 5, -1, -1):
-            if context[start : start + 4] == context[-4:]:
-                return context[start + 4]
+        """What followed the last five tokens before (the answer repeats the prompt)."""
+        for start in range(len(context) - 6, -1, -1):
+            if context[start : start + 5] == context[-5:]:
+                return context[start + 5]
         return EOG
 
     arrivals = [Arrival(at=0, prompt=prompt, max_tokens=6, cancel_after=None)]
     sched, fake, ended, _ = simulate(config, arrivals, 0.0, 0.0, 0, True, model)
-    # The prompt's step samples 9 (after 5 6 7 8); the next step drafts 10 11 12 (after
-    # 6 7 8 9), keeps all three and samples 1 after them; the last one (no room for a draft
+    # The prompt's step samples 10 (after 5 6 7 8 9); the next step drafts 11 12 13 (after
+    # 6 7 8 9 10), keeps all three and samples 1 after them; the last one (no room for a draft
     # under max_tokens) samples 2.
-    assert ended["s0"].text == "w9 w10 w11 w12 w1 w2 "
+    assert ended["s0"].text == "w10 w11 w12 w13 w1 w2 "
     assert (sched.stats.drafted, sched.stats.draft_kept, fake.steps) == (3, 3, 3)
-    again = Sequence("x", [1, 2, 3, 4, 7, 1, 2, 3, 4], Sampling(8), print)
-    assert sched.lookup.draft(again, 3) == [7, 1, 2]  # what followed 1 2 3 4 before
+    again = Sequence("x", [1, 2, 3, 4, 5, 7, 8, 9, 1, 2, 3, 4, 5], Sampling(8), print)
+    assert sched.lookup.draft(again, 3) == [7, 8, 9]  # what followed 1 2 3 4 5 before
+    sched.lookup.took(3, 0)  # the model kept none of it: the next draft is two tokens
+    assert sched.lookup.draft(again, 3) == [7, 8]
+    sched.lookup.took(2, 2)  # all of it: as long as allowed again
+    assert sched.lookup.draft(again, 3) == [7, 8, 9]
     assert not fake.solo and ended["s0"].finish == "max_tokens"
