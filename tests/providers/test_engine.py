@@ -12,6 +12,7 @@ import pytest
 
 from sluicegate import errors
 from sluicegate.events import ChatRequest, Message, TextDelta
+from sluicegate.gateway import engine_figures
 from sluicegate.generation import Generation
 from sluicegate.providers.engine import Engine, EngineConfig, Sampling, Sequence
 from sluicegate.providers.local import LocalProvider, embedded_model_path
@@ -166,6 +167,9 @@ def test_an_answer_that_repeats_its_prompt_takes_fewer_steps(local: LocalProvide
     answer = "".join(sink(seq).texts)
     assert "def merge_intervals(intervals):" in answer, answer  # (a 135M model copies loosely)
     assert kept > 0 and kept <= drafted
+    figures = engine_figures(engine)  # as /metrics shows them
+    assert figures["draft_tokens_kept_total"] == engine.stats.draft_kept >= kept
+    assert figures["draft_tokens_total"] == engine.stats.drafted >= drafted
     # One token a step, and each draft token kept one more, after the prompt's pieces.
     pieces = -(-len(seq.prompt) // engine.config.prefill_chunk)
     assert steps == seq.decoded - kept + pieces - 1
