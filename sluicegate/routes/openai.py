@@ -40,7 +40,7 @@ from sluicegate.routes.streaming import (
     read_limited,
     wait_or_disconnect,
 )
-from sluicegate.translate import openai
+from sluicegate.translate import openai, openai_fields
 from sluicegate.translate.openai_responses import (
     ResponseCall,
     ResponseMeta,
@@ -71,7 +71,9 @@ def openai_door(endpoint: Endpoint) -> Endpoint:
 
 def error_response(exc: errors.SluicegateError) -> JSONResponse:
     headers = {} if exc.retry_after is None else {"retry-after": str(exc.retry_after)}
-    return JSONResponse(openai.error_json(exc), openai.status_of(exc), headers=headers)
+    return JSONResponse(
+        openai_fields.error_json(exc), openai_fields.status_of(exc), headers=headers
+    )
 
 
 def authenticate(request: Request) -> None:
@@ -81,7 +83,7 @@ def authenticate(request: Request) -> None:
     sent = request.headers.get("authorization", "")
     if not hmac.compare_digest(sent.encode(), f"Bearer {key}".encode()):
         what = "Incorrect API key provided" if sent else "You didn't provide an API key"
-        raise openai.InvalidApiKey(
+        raise openai_fields.InvalidApiKey(
             f"{what}: send the server's api_key as the header `Authorization: Bearer <key>`."
         )
 
@@ -101,7 +103,7 @@ async def finished(request: Request, gen: Generation) -> list[Event]:
     if gen.error is not None:
         raise gen.error
     if gen.stop_reason in EARLY_STOPS:
-        raise openai.early_end(gen.stop_reason or "error")
+        raise openai_fields.early_end(gen.stop_reason or "error")
     return gen.log
 
 
@@ -172,7 +174,9 @@ async def get_model(request: Request) -> Response:
     model_id = request.path_params["model_id"]
     settings = gateway_of(request).settings
     if model_id not in model_ids(request) and settings.provider_for(model_id) is None:
-        raise openai.ModelNotFound(f"The model '{model_id}' does not exist: no route serves it.")
+        raise openai_fields.ModelNotFound(
+            f"The model '{model_id}' does not exist: no route serves it."
+        )
     return JSONResponse(openai.model_json(model_id, STARTED))
 
 
@@ -265,13 +269,15 @@ class Responses:
     async def cancel(self, request: Request) -> Response:
         stored = await self.find(request)
         if not stored.meta.call.background:
-            raise openai.InvalidRequest(
+            raise openai_fields.InvalidRequest(
                 "Only responses created with background=true can be cancelled."
             )
         stored.gen.cancel("cancelled")
         await stored.gen.wait()
         if replay(stored.meta, stored.gen.log).status != "cancelled":
-            raise openai.InvalidRequest("Cannot cancel a response that has already finished.")
+            raise openai_fields.InvalidRequest(
+                "Cannot cancel a response that has already finished."
+            )
         return snapshot(stored)
 
     async def delete(self, request: Request) -> Response:
@@ -296,7 +302,7 @@ def starting_after(request: Request) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise openai.invalid_type("starting_after", "an integer", raw) from None
+        raise openai_fields.invalid_type("starting_after", "an integer", raw) from None
 
 
 async def response_events(stored: Stored, after: int) -> AsyncGenerator[bytes, None]:

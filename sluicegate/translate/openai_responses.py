@@ -38,20 +38,22 @@ from sluicegate.events import (
 )
 from sluicegate.translate.openai import (
     DEFAULT_MAX_TOKENS,
-    InvalidRequest,
-    absent_or,
     arguments,
-    boolean,
     chat_tool_choice,
     conversation,
-    early_end,
     function_tool,
+    part_text,
+)
+from sluicegate.translate.openai_fields import (
+    InvalidRequest,
+    absent_or,
+    boolean,
+    early_end,
     integer,
     invalid_type,
     missing,
     number,
     parse_json,
-    part_text,
     string,
     unknown_keys,
     unsupported,

@@ -24,7 +24,7 @@ from sluicegate.events import (
     TextDelta,
     Usage,
 )
-from sluicegate.translate import openai
+from sluicegate.translate import openai, openai_fields
 from sluicegate.translate.openai_responses import (
     ResponseCall,
     ResponseMeta,
@@ -48,8 +48,8 @@ def text(t: str) -> dict[str, str]:
     return {"type": "text", "text": t}
 
 
-def refused(parse: Any, **body: Any) -> openai.InvalidRequest:
-    with pytest.raises(openai.InvalidRequest) as caught:
+def refused(parse: Any, **body: Any) -> openai_fields.InvalidRequest:
+    with pytest.raises(openai_fields.InvalidRequest) as caught:
         parse(**body)
     return caught.value
 
@@ -141,7 +141,7 @@ def test_consecutive_turns_of_one_role_merge() -> None:
 def test_bad_chat_requests_name_the_parameter(body: dict[str, Any], param: str, code: str) -> None:
     exc = refused(chat, **body)
     assert (exc.param, exc.openai_code, exc.status) == (param, code, 400)
-    assert openai.error_json(exc)["error"]["type"] == "invalid_request_error"
+    assert openai_fields.error_json(exc)["error"]["type"] == "invalid_request_error"
 
 
 def test_other_content_parts_are_a_clear_400() -> None:
@@ -161,7 +161,7 @@ def test_the_message_for_a_string_where_messages_go() -> None:
 
 @pytest.mark.parametrize("body", [b"{", b"[1]", b"\xff", b"[" * 100_000 + b"]" * 100_000])
 def test_bodies_that_are_not_json_objects(body: bytes) -> None:
-    with pytest.raises(openai.InvalidRequest):
+    with pytest.raises(openai_fields.InvalidRequest):
         openai.parse_chat(body)
 
 
@@ -169,7 +169,7 @@ def test_bodies_that_are_not_json_objects(body: bytes) -> None:
 
 
 def test_error_shape_and_statuses() -> None:
-    assert openai.error_json(errors.Throttled("slow down")) == {
+    assert openai_fields.error_json(errors.Throttled("slow down")) == {
         "error": {
             "message": "slow down",
             "type": "rate_limit_error",
@@ -177,12 +177,15 @@ def test_error_shape_and_statuses() -> None:
             "code": "rate_limit_exceeded",
         }
     }
-    key = openai.InvalidApiKey("no")
-    assert openai.status_of(key) == 401
-    assert openai.error_json(key)["error"]["code"] == "invalid_api_key"
-    assert openai.status_of(errors.PayloadTooLarge("big")) == 413
-    assert openai.error_json(errors.NotFound("x"))["error"]["type"] == "not_found_error"
-    assert openai.error_json(openai.ModelNotFound("x"))["error"]["code"] == "model_not_found"
+    key = openai_fields.InvalidApiKey("no")
+    assert openai_fields.status_of(key) == 401
+    assert openai_fields.error_json(key)["error"]["code"] == "invalid_api_key"
+    assert openai_fields.status_of(errors.PayloadTooLarge("big")) == 413
+    assert openai_fields.error_json(errors.NotFound("x"))["error"]["type"] == "not_found_error"
+    assert (
+        openai_fields.error_json(openai_fields.ModelNotFound("x"))["error"]["code"]
+        == "model_not_found"
+    )
 
 
 # -- Chat Completions answers ------------------------------------------------------------------

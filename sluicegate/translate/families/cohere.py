@@ -17,7 +17,7 @@ from sluicegate.errors import ValidationError
 from sluicegate.events import ChatRequest, Message, Role
 from sluicegate.translate import anthropic
 from sluicegate.translate.families.base import Answer, Json, TextFamily, kind, text
-from sluicegate.translate.openai import merge_turns
+from sluicegate.translate.openai_fields import merge_turns
 
 FINISH = {"end_turn": "COMPLETE", "stop_sequence": "COMPLETE", "max_tokens": "MAX_TOKENS"}
 

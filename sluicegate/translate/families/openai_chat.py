@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sluicegate.events import ChatRequest
-from sluicegate.translate import openai
+from sluicegate.translate import openai, openai_fields
 from sluicegate.translate.families.base import Answer, Json, TextFamily
 
 
@@ -21,7 +21,9 @@ class OpenAIChat(TextFamily):
         # Bedrock fills in `model` and `stream` from the call when they are left out.
         call = openai.parse_chat_body({**body, "model": body.get("model") or model})
         if call.request.tools:
-            raise openai.unsupported("tools", "tool use on this model family's InvokeModel body")
+            raise openai_fields.unsupported(
+                "tools", "tool use on this model family's InvokeModel body"
+            )
         return call.request
 
     def answer(self, chat: ChatRequest, answer: Answer) -> Json:

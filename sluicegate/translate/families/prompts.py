@@ -12,7 +12,7 @@ import re
 
 from sluicegate.errors import ValidationError
 from sluicegate.events import Message
-from sluicegate.translate.openai import merge_turns
+from sluicegate.translate.openai_fields import merge_turns
 
 Conversation = tuple[str, tuple[Message, ...]]  # the system text, the turns
 
