@@ -84,6 +84,7 @@ class Engine:
         self.llama.stats = self.stats = self.sched.stats
         self._cv = threading.Condition()
         self._closed = False
+        self._expected = 0  # requests announced and not yet submitted (being tokenized)
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         # Why the engine stopped for good (a llama.cpp call failed), or None while it serves.
         self.failure: str | None = None
@@ -142,6 +143,18 @@ class Engine:
                     f"Too many requests are waiting ({self.config.max_queue}); retry shortly."
                 )
             self.sched.waiting.append(seq)
+            self._cv.notify()
+
+    def announce(self) -> None:
+        """A request is on its way (its prompt is being tokenized): an idle engine waits a
+        little for it to join the first step (EngineConfig.gather_ms). Each announcement is
+        followed by one `withdraw`, once the request is submitted or given up."""
+        with self._cv:
+            self._expected += 1
+
+    def withdraw(self) -> None:
+        with self._cv:
+            self._expected -= 1
             self._cv.notify()
 
     def cancel(self, seq: Sequence) -> None:
@@ -239,6 +252,14 @@ class Engine:
         with self._cv:
             while not self._closed and not self.sched.running and not self.sched.waiting:
                 self._cv.wait()
+            if not self.sched.running and self._expected > 0:
+                # Idle, and others are on their way: let them join the first step.
+                deadline = time.monotonic() + self.config.gather_ms / 1000
+                while self._expected > 0 and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
             return not self._closed
 
     def drop_prefix_cache(self) -> None:

@@ -314,14 +314,18 @@ class LocalProvider:
 
     async def stream(self, request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
         grammar = toolcall.grammar(request.tools, request.tool_choice, toolcall.answered(request))
-        prompt = await self.tokens_of(request)
-        queue: asyncio.Queue[tuple[str, int, str | None]] = asyncio.Queue()
-        sampling = _sampling(request, self.defaults, grammar)
-        meter.sampling = {
-            k: v for k, v in asdict(sampling).items() if k not in ("max_tokens", "grammar")
-        }
-        seq = Sequence(meter.key, prompt, sampling, _threadsafe_put(queue))
-        self.engine.submit(seq)
+        self.engine.announce()  # (requests that come together start together)
+        try:
+            prompt = await self.tokens_of(request)
+            queue: asyncio.Queue[tuple[str, int, str | None]] = asyncio.Queue()
+            sampling = _sampling(request, self.defaults, grammar)
+            meter.sampling = {
+                k: v for k, v in asdict(sampling).items() if k not in ("max_tokens", "grammar")
+            }
+            seq = Sequence(meter.key, prompt, sampling, _threadsafe_put(queue))
+            self.engine.submit(seq)
+        finally:
+            self.engine.withdraw()
         pieces = self._pieces(seq, queue, meter)
         frame = text_message if grammar is None else toolcall.message
         async for event in frame(request, meter, len(prompt), pieces):

@@ -62,6 +62,10 @@ class EngineConfig:
     # and every one the model samples the same is kept (an answer that repeats its prompt, as
     # code edits do, takes fewer steps). 0: off.
     lookup: int = 7
+    # An idle engine that is handed a request waits up to this long for the others already
+    # on their way (being tokenized) to join its first step: requests that come together get
+    # their first tokens together, instead of one step after another.
+    gather_ms: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

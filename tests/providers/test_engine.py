@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -133,6 +134,51 @@ def test_a_shared_prefix_is_reused_not_recomputed(local: LocalProvider) -> None:
     assert engine.stats.prefix_tokens_reused - before >= 2 * 40
     total = sum(len(seq.prompt) for seq in seqs)
     assert engine.stats.prompt_tokens - computed_before <= total - 2 * 40
+
+
+def test_requests_on_their_way_join_an_idle_engines_first_step(local: LocalProvider) -> None:
+    """An idle engine handed one request waits (at most gather_ms) for those announced and
+    still being tokenized, so that requests that come together get first tokens together;
+    with nothing announced it starts at once, and an announcement never followed up only
+    delays the start by the window."""
+    engine = Engine(local.model, EngineConfig(n_ctx=2048, n_parallel=4, gather_ms=2000))
+    first_step: dict[str, int] = {}
+
+    def seq(key: str) -> Sequence:
+        def sink(text: str, tokens: int, finish: str | None) -> None:
+            first_step.setdefault(key, engine.stats.steps)
+            if finish is not None:
+                done[key].set()
+
+        request = ChatRequest("m", (Message("user", f"Say {key}."),), max_tokens=3)
+        return Sequence(key, local.tokenize(request), Sampling(3), sink)
+
+    done = {k: threading.Event() for k in ("a", "b", "alone", "late")}
+    try:
+        engine.announce()
+        engine.announce()
+        engine.submit(seq("a"))
+        engine.withdraw()
+        assert not done["a"].wait(0.3)  # waiting for b, which is still on its way
+        engine.submit(seq("b"))
+        engine.withdraw()
+        assert done["a"].wait(60) and done["b"].wait(60)
+        assert first_step["a"] == first_step["b"]  # the same step
+
+        started = time.monotonic()
+        engine.submit(seq("alone"))  # nothing announced: no wait
+        assert done["alone"].wait(60)
+        assert time.monotonic() - started < 2.0
+
+        engine.announce()  # never submitted: the start waits the window, no longer
+        started = time.monotonic()
+        engine.submit(seq("late"))
+        assert done["late"].wait(60)
+        assert time.monotonic() - started >= 2.0
+        engine.withdraw()
+        assert wait_until(lambda: engine.active() == (0, 0))
+    finally:
+        engine.close()
 
 
 CODE = """def word_counts(text):
