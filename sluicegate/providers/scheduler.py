@@ -58,9 +58,9 @@ class EngineConfig:
     max_queue: int = 256
     # Prompt lookup in the solo lane: when the last LOOKUP_NGRAM tokens appeared earlier in
     # the prompt or the answer, the tokens that followed them then go into the step as a
-    # draft of up to this many tokens (after a draft the model left at its k-th token, k + 1),
-    # and every one the model samples the same is kept (an answer that repeats its prompt, as
-    # code edits do, takes fewer steps). 0: off.
+    # draft of up to this many tokens (one more than the model kept of the last draft, at
+    # least two), and every one the model samples the same is kept (an answer that repeats
+    # its prompt, as code edits do, takes fewer steps). 0: off.
     lookup: int = 7
     # An idle engine that is handed a request waits up to this long for the others already
     # on their way (being tokenized) to join its first step: requests that come together get
@@ -221,7 +221,7 @@ class Scheduler:
         self.free_slots = list(range(config.n_parallel - 1, -1, -1))
         self.cache_slot = config.n_parallel  # one extra sequence id holds the prefix cache
         self.cache_tokens: list[int] = []
-        self.lookup = Lookup()
+        self.lookup = Lookup()  # the solo lane's sequence's (a new one for each)
 
     # -- between steps ---------------------------------------------------------------------
 
@@ -332,6 +332,7 @@ class Scheduler:
             self.stats.solo_moves += 1
         elif self.solo_seq is None and alone:
             self.solo_seq = self.running[0]
+            self.lookup = Lookup()
             self.solo_from = self.solo_seq.n_past
             yield SoloEnter(self.solo_seq)
             self.stats.solo_moves += 1
@@ -342,7 +343,7 @@ class Scheduler:
         room = min(
             self.config.lookup, seq.sampling.max_tokens - seq.decoded - 1, self.config.n_batch - 1
         )
-        draft = self.lookup.draft(seq, room) if room > 0 else []
+        draft = self.lookup.draft(seq.tokens, room) if room > 0 else []
         tokens = [seq.tokens[seq.n_past], *draft]
         rows: list[Row] = [(t, seq.n_past + i, (0,), True) for i, t in enumerate(tokens)]
         decode = Decode(rows, [(i, seq) for i in range(len(rows))], True, bool(draft))
@@ -492,18 +493,19 @@ class Scheduler:
         if self.solo_seq is seq:
             yield SoloClear()
             self.solo_seq = None
+            self.lookup = Lookup()
         yield Free(seq.slot)  # (the cells are counted again before it leaves `running`)
         self.running.remove(seq)
         self.free_slots.append(seq.slot)
 
 
 class Lookup:
-    """Where each run of LOOKUP_NGRAM tokens last appeared in one sequence's tokens, kept up
-    to date as the answer grows; a draft is what followed the last such run the last time,
-    one token longer than the model kept of the previous draft (all of it: up to `most`)."""
+    """Where each run of LOOKUP_NGRAM tokens last appeared in one sequence's tokens (which only
+    grow), kept up to date as the answer grows; a draft is what followed the last such run the
+    last time, one token longer than what the model kept of the previous draft (at least two;
+    after a draft kept whole, up to `most`)."""
 
     def __init__(self) -> None:
-        self.seq: Sequence | None = None
         self.after: dict[tuple[int, ...], int] = {}  # a run -> where what followed it starts
         self.indexed = 0  # runs starting before this are in `after`
         self.length: int | None = None  # the next draft's, if the last was cut short
@@ -511,10 +513,8 @@ class Lookup:
     def took(self, drafted: int, kept: int) -> None:
         self.length = None if kept == drafted else max(2, kept + 1)
 
-    def draft(self, seq: Sequence, most: int) -> list[int]:
-        n, tokens = LOOKUP_NGRAM, seq.tokens
-        if seq is not self.seq:
-            self.seq, self.after, self.indexed, self.length = seq, {}, 0, None
+    def draft(self, tokens: list[int], most: int) -> list[int]:
+        n = LOOKUP_NGRAM
         if self.length is not None:
             most = min(most, self.length)
         # A run counts once a token follows it (the last run is the one looked up).

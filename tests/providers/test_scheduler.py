@@ -33,6 +33,7 @@ from sluicegate.providers.scheduler import (
     EngineConfig,
     Free,
     FreeSampler,
+    Lookup,
     Op,
     Sampled,
     Sampling,
@@ -416,10 +417,10 @@ def test_prompt_lookup_drafts_what_followed_the_last_run_of_tokens() -> None:
     # under max_tokens) samples 2.
     assert ended["s0"].text == "w10 w11 w12 w13 w1 w2 "
     assert (sched.stats.drafted, sched.stats.draft_kept, fake.steps) == (3, 3, 3)
-    again = Sequence("x", [1, 2, 3, 4, 5, 7, 8, 9, 1, 2, 3, 4, 5], Sampling(8), print)
-    assert sched.lookup.draft(again, 3) == [7, 8, 9]  # what followed 1 2 3 4 5 before
-    sched.lookup.took(3, 0)  # the model kept none of it: the next draft is two tokens
-    assert sched.lookup.draft(again, 3) == [7, 8]
-    sched.lookup.took(2, 2)  # all of it: as long as allowed again
-    assert sched.lookup.draft(again, 3) == [7, 8, 9]
+    lookup, again = Lookup(), [1, 2, 3, 4, 5, 7, 8, 9, 1, 2, 3, 4, 5]
+    assert lookup.draft(again, 3) == [7, 8, 9]  # what followed 1 2 3 4 5 before
+    lookup.took(3, 0)  # the model kept none of it: the next draft is two tokens
+    assert lookup.draft(again, 3) == [7, 8]
+    lookup.took(2, 2)  # all of it: as long as allowed again
+    assert lookup.draft(again, 3) == [7, 8, 9]
     assert not fake.solo and ended["s0"].finish == "max_tokens"
