@@ -130,11 +130,16 @@ def stop_a_model_answer(page: Page) -> dict[str, Any]:
     """Press Stop while the model writes. The model may end an answer before the click (its
     answers are sampled; once here one ended between the fifth token and the click), so a turn
     that ended by itself is asked again, at most three times: a Stop that never works fails."""
-    begun = "() => { const t = sluicegate.state.turns.at(-1);"
-    begun += " return t.seq >= 5 || t.status !== 'streaming'; }"
+    # At the fifth token (or the end), the buttons as shown in that same moment.
+    begun = """() => { const t = sluicegate.state.turns.at(-1);
+        const shown = (id) => document.getElementById(id).checkVisibility();
+        if (t.status !== 'streaming') return { ended: true };
+        return t.seq >= 5 && { stop: shown('stop'), send: shown('send') }; }"""
     for _ in range(3):
         ask(page, "Write a very long Python module with many functions and docstrings.")
-        page.wait_for_function(begun, timeout=60_000)
+        buttons = page.wait_for_function(begun, timeout=60_000).json_value()
+        if not buttons.get("ended"):
+            assert buttons == {"stop": True, "send": False}  # Stop in place of Send
         with contextlib.suppress(playwright.TimeoutError):  # not visible: it had ended
             page.get_by_role("button", name="Stop").click(timeout=5_000)
         turn = wait_ended(page)
