@@ -66,6 +66,33 @@ class Meter:
 StreamFn = Callable[[ChatRequest, Meter], AsyncGenerator[Event, None]]
 
 
+class Changes:
+    """Whoever waits for a log's next event: a future each, done at the next `notify`.
+
+    (An asyncio.Event made afresh at every append cost more than the rest of the append: an
+    Event's first wait takes the event loop's global lock.)"""
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self) -> None:
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def future(self) -> asyncio.Future[None]:
+        """Done at the next notify; cancel it to stop waiting."""
+        waiter = asyncio.get_running_loop().create_future()
+        if len(self._waiters) > 16:  # waits given up (cancelled) since the last notify
+            self._waiters = [w for w in self._waiters if not w.done()]
+        self._waiters.append(waiter)
+        return waiter
+
+    def notify(self) -> None:
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
 @dataclass(slots=True)
 class Timings:
     created: float = field(default_factory=time.monotonic)
@@ -106,7 +133,7 @@ class Generation:
         self._agen = stream(request, self.meter)
         self._cancel_reason: StopReason | None = None
         self._interrupted: errors.SluicegateError | None = None
-        self._changed = asyncio.Event()
+        self._changed = Changes()
         self._task: asyncio.Task[None] | None = None
         self._cancellable: asyncio.Future[Any] | None = None
         self._open_block: int | None = None  # the index of the block open now
@@ -206,8 +233,7 @@ class Generation:
             return
         event = self._account(event)
         self.log.append(event)
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._changed.notify()
 
     def _account(self, event: Event) -> Event:
         """Measure and count as events pass; fill in the figures only the Generation knows."""
@@ -270,6 +296,10 @@ class Generation:
         """Yield (id, event) for every event with id > after, then the live tail until the end."""
         return follow_log(self, after)
 
+    def next_change(self) -> asyncio.Future[None]:
+        """A future done once the log has grown (or ended)."""
+        return self._changed.future()
+
     # -- figures ---------------------------------------------------------------------------
 
     @property
@@ -299,9 +329,9 @@ def _ms(seconds: float) -> int:
 
 
 async def follow_log(source: Any, after: int) -> AsyncIterator[tuple[int, Event]]:
-    """(id, event) of `source.log` after `after`, then each one appended, until `source.done`;
-    `source._changed` is the event set (and replaced) at every append. A Generation's, or a
-    mirror of another replica's (bus/redis.py)."""
+    """(id, event) of `source.log` after `after`, then each one appended, until `source.done`
+    (`source.next_change()` is done at every append). A Generation's, or a mirror of another
+    replica's (bus/redis.py)."""
     i = after
     while True:
         while i < len(source.log):
@@ -309,4 +339,4 @@ async def follow_log(source: Any, after: int) -> AsyncIterator[tuple[int, Event]
             yield i, source.log[i - 1]
         if source.done:
             return
-        await source._changed.wait()
+        await source.next_change()

@@ -12,6 +12,7 @@ Two implementations: `memory.MemoryBus` (one process, the default, nothing to in
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,6 +38,10 @@ class Followable(Protocol):
     def done(self) -> bool: ...
 
     def follow(self, after: int = 0) -> AsyncIterator[tuple[int, Event]]: ...
+
+    def next_change(self) -> asyncio.Future[None]:
+        """Done once the log has grown (or ended)."""
+        ...
 
     def cancel(self, reason: StopReason = "cancelled") -> bool: ...
 

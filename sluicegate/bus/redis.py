@@ -52,7 +52,7 @@ from sluicegate.events import (
     TextDelta,
     Usage,
 )
-from sluicegate.generation import follow_log
+from sluicegate.generation import Changes, follow_log
 
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.01
@@ -92,7 +92,7 @@ class Mirror:
         self.stop_reason: StopReason | None = None
         self._usage = Usage()
         self._pending: StopReason = "end_turn"
-        self._changed = asyncio.Event()
+        self._changed = Changes()
         self._bus = bus
         self._reader: asyncio.Task[None] | None = None
 
@@ -118,8 +118,7 @@ class Mirror:
         elif isinstance(event, MessageStop):
             self._usage = Usage(event.usage.input_tokens, event.usage.output_tokens)
             self.stop_reason = self._pending
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._changed.notify()
 
     def interrupt(self, exc: errors.SluicegateError) -> None:
         """End the mirror here: its replica is gone, nothing more will come."""
@@ -129,6 +128,9 @@ class Mirror:
 
     def follow(self, after: int = 0) -> AsyncIterator[tuple[int, Event]]:
         return follow_log(self, after)
+
+    def next_change(self) -> asyncio.Future[None]:
+        return self._changed.future()
 
     async def wait(self) -> None:
         """Return once the generation has ended (here: once its end reached this mirror)."""
