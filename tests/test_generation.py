@@ -32,7 +32,7 @@ from sluicegate.events import (
 from sluicegate.generation import Generation, Meter, StreamFn
 from sluicegate.providers.base import Piece, text_message
 from sluicegate.routes.openai import chat_events
-from sluicegate.routes.sse import with_heartbeats
+from sluicegate.routes.sse import log_stream
 from sluicegate.translate.openai import ChatStream
 
 T = TypeVar("T")
@@ -604,8 +604,8 @@ def test_on_end_is_called_once_when_cancelled() -> None:
 
 def test_the_first_token_of_a_burst_is_out_before_the_rest_is_read() -> None:
     """An upstream's whole answer can arrive in one read, and the provider then yields it with
-    no await. The first token must reach the door's sender (the follower, then the heartbeat
-    reader, then the send: a task each) before the burst is parsed to its end."""
+    no await. The first token must reach the door's sender (its task, woken by the append)
+    before the burst is parsed to its end."""
     made = 0
 
     async def burst(request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
@@ -621,9 +621,9 @@ def test_the_first_token_of_a_burst_is_out_before_the_rest_is_read() -> None:
     async def main() -> tuple[int, bytes]:
         gen = new(burst)
         await gen.start()
-        chunks = chat_events(gen, ChatStream("chatcmpl-x", 0, MODEL, False))
+        render = chat_events(ChatStream("chatcmpl-x", 0, MODEL, False))
         sent = b""
-        async for piece in with_heartbeats(chunks, b"beat", 5):
+        async for piece in log_stream(gen, render, b"beat", 5):
             sent += piece
             if b"t0 " in sent:
                 return made, sent

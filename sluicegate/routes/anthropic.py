@@ -10,19 +10,18 @@ error type; after it, an `event: error`, and the stream ends.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sluicegate import errors
-from sluicegate.bus.base import Followable
 from sluicegate.codecs import jsonbody, sse
 from sluicegate.events import Event
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import address, key_owner, presented_key
-from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
+from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, Render, log_stream, sse_response
 from sluicegate.routes.streaming import (
     StreamResponse,
     answering,
@@ -90,7 +89,7 @@ async def messages(request: Request) -> Response:
     headers = {"request-id": gen.id}
     if stream:
         every = gateway.settings.sse_heartbeat_seconds
-        return sse_response(gen, stream_events(gen), PING, every, headers)
+        return sse_response(gen, stream_events(), PING, every, headers)
     await wait_or_disconnect(request, gen)
     return JSONResponse(anthropic.message_json(finished_log(gen)), headers=headers)
 
@@ -104,17 +103,18 @@ def finished_log(gen: Generation) -> list[Event]:
     return gen.log
 
 
-async def stream_events(gen: Followable, after: int = 0) -> AsyncGenerator[bytes, None]:
+def stream_events(after: int = 0) -> Render:
     """This door's events for a generation, each with its log index as id, from after `after`
     (the events up to it are translated but not sent, so a resume sees exactly what a
     continuous stream would have); the stream ends at message_stop or an error."""
-    async for i, event in gen.follow():
+
+    def render(i: int, event: Event) -> tuple[list[bytes], bool]:
         out, last = anthropic.wire_events(event)
-        if i > after:
-            for kind, data in out:
-                yield sse.encode(data, event=kind, id=str(i))
-        if last:
-            return
+        if i <= after:
+            return [], last
+        return [sse.encode(data, event=kind, id=str(i)) for kind, data in out], last
+
+    return render
 
 
 # -- POST /v1/messages/count_tokens --------------------------------------------------------------
@@ -142,9 +142,7 @@ async def generation_events(request: Request) -> Response:
     if gen.done and after >= last_id(gen.log):
         # Nothing left to send: 204 is what tells an EventSource to stop reconnecting.
         return Response(status_code=204, headers=HEADERS)
-    chunks = with_heartbeats(
-        stream_events(gen, after), PING, gateway.settings.sse_heartbeat_seconds
-    )
+    chunks = log_stream(gen, stream_events(after), PING, gateway.settings.sse_heartbeat_seconds)
     # A watcher leaving ends only its own stream, never the generation.
     return StreamResponse(chunks, MEDIA_TYPE, HEADERS)
 

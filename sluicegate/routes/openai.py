@@ -19,7 +19,7 @@ import functools
 import hmac
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from sluicegate.events import EARLY_STOPS, ChatRequest, Event
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import address, caller
-from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, sse_response, with_heartbeats
+from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, Render, log_stream, sse_response
 from sluicegate.routes.streaming import (
     StreamResponse,
     gateway_of,
@@ -127,11 +127,11 @@ def heartbeat(request: Request) -> tuple[bytes, float]:
     return BEAT, gateway_of(request).settings.sse_heartbeat_seconds
 
 
-def following(request: Request, gen: Generation, chunks: AsyncGenerator[bytes, None]) -> Response:
+def following(request: Request, gen: Generation, render: Render) -> Response:
     """An SSE answer whose client only watches: leaving stops the sending, not the generation."""
     beat, every = heartbeat(request)
     return StreamResponse(
-        with_heartbeats(chunks, beat, every), MEDIA_TYPE, {**HEADERS, **headers(gen)}
+        log_stream(gen, render, beat, every), MEDIA_TYPE, {**HEADERS, **headers(gen)}
     )
 
 
@@ -148,15 +148,16 @@ async def chat_completions(request: Request) -> Response:
         return JSONResponse(body, headers=headers(gen))
     chat = openai.ChatStream(completion_id, created, model, call.include_usage)
     beat, every = heartbeat(request)
-    return sse_response(gen, chat_events(gen, chat), beat, every, headers(gen))
+    return sse_response(gen, chat_events(chat), beat, every, headers(gen))
 
 
-async def chat_events(gen: Generation, chat: openai.ChatStream) -> AsyncGenerator[bytes, None]:
-    async for i, event in gen.follow():
-        for data in chat.feed(event):
-            yield sse.encode(data, id=str(i))
-        if chat.ended:
-            return
+def chat_events(chat: openai.ChatStream) -> Render:
+    """Chat Completions chunks, each with its event's log index as id."""
+
+    def render(i: int, event: Event) -> tuple[list[bytes], bool]:
+        return [sse.encode(data, id=str(i)) for data in chat.feed(event)], chat.ended
+
+    return render
 
 
 # -- Models ---------------------------------------------------------------------------------------
@@ -250,11 +251,11 @@ class Responses:
             self.keep(gateway_of(request), stored)
             gateway_of(request).bus.keep(gen.id, "response", kept_meta(stored))
         if call.stream:
-            chunks = response_events(stored, -1)
+            render = response_events(stored.meta, -1)
             if call.background:
-                return following(request, gen, chunks)
+                return following(request, gen, render)
             beat, every = heartbeat(request)
-            return sse_response(gen, chunks, beat, every, headers(gen))
+            return sse_response(gen, render, beat, every, headers(gen))
         if not call.background:
             await finished(request, gen)
         return snapshot(stored)
@@ -264,7 +265,7 @@ class Responses:
         if request.query_params.get("stream", "").lower() not in ("true", "1"):
             return snapshot(stored)
         after = starting_after(request)
-        return following(request, stored.gen, response_events(stored, after))
+        return following(request, stored.gen, response_events(stored.meta, after))
 
     async def cancel(self, request: Request) -> Response:
         stored = await self.find(request)
@@ -305,14 +306,18 @@ def starting_after(request: Request) -> int:
         raise openai_fields.invalid_type("starting_after", "an integer", raw) from None
 
 
-async def response_events(stored: Stored, after: int) -> AsyncGenerator[bytes, None]:
-    """The numbered Responses events from the log, those after `after`, live to the end."""
-    stream = ResponseStream(stored.meta)
-    async for _, event in stored.gen.follow():
-        for data in stream.feed(event):
-            n = data["sequence_number"]
-            if n > after:
-                yield sse.encode(jsonbody.dumps(data), event=data["type"], id=str(n))
+def response_events(meta: ResponseMeta, after: int) -> Render:
+    """The numbered Responses events from the log, those after `after` (to the log's end)."""
+    stream = ResponseStream(meta)
+
+    def render(_: int, event: Event) -> tuple[list[bytes], bool]:
+        return [
+            sse.encode(jsonbody.dumps(data), event=data["type"], id=str(n))
+            for data in stream.feed(event)
+            if (n := data["sequence_number"]) > after
+        ], False
+
+    return render
 
 
 def routes() -> list[Route]:

@@ -1,79 +1,95 @@
-"""What every server-sent-events door shares: the headers and the heartbeats.
+"""What every server-sent-events door shares: the headers, the log as a stream, the heartbeats.
 
 Proxies (nginx, ALB, Cloudflare) cut a stream that stays silent for 60-120 s; a queued request
-or a slow model can be that quiet. `with_heartbeats` sends a beat (an Anthropic `ping` event, or
-an SSE comment) whenever nothing else went out for `every` seconds, from the moment the request
-is accepted.
+or a slow model can be that quiet. `log_stream` sends a beat (an Anthropic `ping` event, or an
+SSE comment) whenever nothing else went out for `every` seconds, from the moment the request is
+accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 
-from sluicegate.generation import Generation
+from sluicegate.bus.base import Followable
+from sluicegate.events import Event
 from sluicegate.routes.streaming import StreamResponse
 
 HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 MEDIA_TYPE = "text/event-stream"
-MAX_READY = 1024  # chunks read ahead of a client that is slow to take them
+MAX_BATCH = 1024  # events joined into one send at most (a client that fell far behind)
+CLOCK_SLACK = 0.001  # a timer may fire this early (the loop's clock resolution and more)
+
+# A door's events for one logged event (its id in the log, the event): the bytes to send, and
+# whether the stream ends with it.
+Render = Callable[[int, Event], tuple[Iterable[bytes], bool]]
 
 
-async def with_heartbeats(
-    chunks: AsyncGenerator[bytes, None], beat: bytes, every: float
+async def log_stream(
+    source: Followable, render: Render, beat: bytes, every: float
 ) -> AsyncGenerator[bytes, None]:
-    """`chunks` as they come, with `beat` after each `every` seconds of silence; whatever is
-    ready at once goes out joined, in one send. `chunks` is closed on every way out.
+    """What `render` makes of each event of `source`'s log, from the first, as the log grows,
+    until `render` says an event is the last or the log ends; `beat` after each `every` seconds
+    in which nothing went out. What is ready at once goes out joined, in one send.
 
-    One task reads `chunks` into a buffer for the life of the stream (no task or wait per
-    chunk: at thousands of chunks a second, that was the cost)."""
-    ready: list[bytes] = []
-    woken, taken = asyncio.Event(), asyncio.Event()
-    ended: list[BaseException | None] = []
+    All of it runs in the sender's task: a chunk costs that task one wake-up, no task, wait or
+    timer of its own (at thousands of chunks a second, those were the cost). The heartbeat is
+    one timer that, when it fires early (something went out since it was set), moves on."""
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    waiting: asyncio.Future[None] | None = None
+    beat_due = False
+    timer: asyncio.TimerHandle
 
-    async def pump() -> None:
-        try:
-            async for chunk in chunks:
-                ready.append(chunk)
-                woken.set()
-                if len(ready) >= MAX_READY:  # a slow client: wait for it, do not hoard
-                    taken.clear()
-                    await taken.wait()
-            ended.append(None)
-        except Exception as exc:  # handed to the reader, raised there
-            ended.append(exc)
-        finally:
-            woken.set()
-            await chunks.aclose()
+    def tick() -> None:
+        nonlocal timer, beat_due
+        due = quiet_since + every
+        if loop.time() < due - CLOCK_SLACK:
+            timer = loop.call_at(due, tick)
+            return
+        beat_due = True
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
 
-    reader = asyncio.create_task(pump())
+    timer = loop.call_at(quiet_since + every, tick)
+    i = 0
     try:
         while True:
-            if not ready and not ended:
-                try:
-                    async with asyncio.timeout(every):
-                        await woken.wait()
-                except TimeoutError:
-                    yield beat
-                    continue
-            woken.clear()
-            if ready:
-                out = b"".join(ready)
-                ready.clear()
-                taken.set()
-                yield out
-            elif ended:
-                if ended[0] is not None:
-                    raise ended[0]
+            log = source.log
+            if i < len(log):
+                out: list[bytes] = []
+                last = False
+                end = min(len(log), i + MAX_BATCH)
+                while i < end and not last:
+                    i += 1
+                    pieces, last = render(i, log[i - 1])
+                    out.extend(pieces)
+                if out:
+                    yield b"".join(out)
+                    quiet_since = loop.time()
+                if last:
+                    return
+            elif source.done:
                 return
+            elif beat_due:
+                beat_due = False
+                yield beat
+                quiet_since = loop.time()
+                timer = loop.call_at(quiet_since + every, tick)
+            else:
+                waiting = source.next_change()
+                try:
+                    await waiting
+                finally:
+                    waiting.cancel()
+                    waiting = None
     finally:
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+        timer.cancel()
 
 
 def sse_response(
-    gen: Generation,
-    chunks: AsyncGenerator[bytes, None],
+    gen: Followable,
+    render: Render,
     beat: bytes,
     every: float,
     headers: dict[str, str] | None = None,
@@ -82,7 +98,7 @@ def sse_response(
     """A streamed SSE answer for `gen`: heartbeats, no caching or proxy buffering, and a client
     that leaves cancels the generation as `disconnected` (unless `on_disconnect` says else)."""
     return StreamResponse(
-        with_heartbeats(chunks, beat, every),
+        log_stream(gen, render, beat, every),
         MEDIA_TYPE,
         headers={**HEADERS, **(headers or {})},
         on_disconnect=on_disconnect or (lambda: gen.cancel("disconnected")),
