@@ -95,6 +95,51 @@ class Limiter:
         self.free += 1
 
 
+@dataclass(eq=False, slots=True)
+class Read:
+    """One answer's body being read: since when its current read has waited (None: not
+    waiting)."""
+
+    content: aiohttp.StreamReader
+    since: float | None = None
+
+
+class Stalled(TimeoutError):
+    """An upstream sent nothing for longer than its idle deadline."""
+
+
+class Stalls:
+    """The idle deadline of every answer read from one upstream, kept by one timer that ticks
+    while any is read: a read waiting past the deadline gets Stalled raised in it. Reads end
+    between `deadline` and `deadline` + a tick (a quarter of it, a second at most)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.tick = min(1.0, deadline / 4)
+        self.reads: set[Read] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, read: Read) -> None:
+        self.reads.add(read)
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._loop is not loop:  # (a new loop: tests, restarts)
+            self._loop = loop
+            self._timer = loop.call_later(self.tick, self._sweep)
+
+    def forget(self, read: Read) -> None:
+        self.reads.discard(read)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for read in self.reads:
+            if read.since is not None and now - read.since >= self.deadline:
+                read.since = None
+                read.content.set_exception(Stalled())
+        loop = self._loop
+        self._timer = loop.call_later(self.tick, self._sweep) if self.reads and loop else None
+
+
 @dataclass(frozen=True, slots=True)
 class Finish:
     """The upstream's own end of the answer, among its text pieces."""
@@ -189,6 +234,7 @@ class Upstream:
         self._client: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.limiter = Limiter(s.max_concurrency, s.max_queue)
+        self.stalls = Stalls(s.idle_timeout_seconds)
         self._readers: set[asyncio.Task[None]] = set()  # drains under way
 
     def key(self) -> str | None:
@@ -217,12 +263,10 @@ class Upstream:
             self._loop = loop
             s = self.settings
             connector = aiohttp.TCPConnector(limit=s.max_concurrency, limit_per_host=0)
-            # A read's own timer (aiohttp sets one per read anyway) is the idle deadline
-            # unless the first byte may take longer; `chunks` then times reads itself.
+            # No read timeout of aiohttp's (a timer per chunk): `open` and `chunks` keep the
+            # first-byte and idle deadlines.
             timeout = aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=s.connect_timeout_seconds,
-                sock_read=max(s.idle_timeout_seconds, s.first_byte_timeout_seconds),
+                total=None, sock_connect=s.connect_timeout_seconds, sock_read=None
             )
             client = self._client = aiohttp.ClientSession(
                 connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",)
@@ -387,7 +431,10 @@ class Upstream:
             span.status(response.status)
         if response.status >= 400:
             try:
-                body = await response.read()
+                async with asyncio.timeout(self.settings.idle_timeout_seconds):
+                    body = await response.read()
+            except (TimeoutError, aiohttp.ClientError):
+                body = b""  # the status says enough
             finally:
                 answered.close()
             raise http_error(self.name, response.status, body, response.headers)
@@ -398,37 +445,43 @@ class Upstream:
         byte, then between chunks) or a cut connection is an in-band error. Time spent waiting
         counts as the upstream's.
 
-        The first read has a timer of ours (asyncio.timeout: a handle, no task, never across a
-        yield); later ones too only if the idle deadline is the shorter one, else aiohttp's read
-        timeout is that deadline: one timer per read is what the hot path can afford."""
+        The first read has a timer of its own (asyncio.timeout: a handle, no task, never across
+        a yield); later ones are watched by the provider's Stalls (no timer per read: at
+        thousands of chunks a second, aiohttp's per-read timer was a cost of its own)."""
         raw = response.content.iter_any()
         s = self.settings
-        timed = s.idle_timeout_seconds < s.first_byte_timeout_seconds
         deadline, which = s.first_byte_timeout_seconds, "for its first byte"
+        read = Read(response.content)
+        self.stalls.watch(read)
         first = True
-        while True:
-            started = time.monotonic()
-            try:
-                if first or timed:
-                    async with asyncio.timeout(deadline):
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    if first:
+                        async with asyncio.timeout(deadline):
+                            chunk = await anext(raw)
+                    else:
+                        read.since = started
                         chunk = await anext(raw)
-                else:
-                    chunk = await anext(raw)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:  # ours, or aiohttp's read timeout (a ClientError too)
-                raise errors.ModelTimeout(
-                    f"Provider {self.name} sent nothing {which} ({deadline:g} s)."
-                ) from None
-            except aiohttp.ClientError as exc:
-                raise errors.ModelStreamError(
-                    f"Provider {self.name} cut the stream ({type(exc).__name__}: {exc})."
-                ) from None
-            finally:
-                meter.upstream_seconds += time.monotonic() - started
-            if chunk and first:
-                first, deadline, which = False, s.idle_timeout_seconds, "between two chunks"
-            yield chunk
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:  # ours, or the Stalls' (and a ClientError too: aiohttp's)
+                    raise errors.ModelTimeout(
+                        f"Provider {self.name} sent nothing {which} ({deadline:g} s)."
+                    ) from None
+                except aiohttp.ClientError as exc:
+                    raise errors.ModelStreamError(
+                        f"Provider {self.name} cut the stream ({type(exc).__name__}: {exc})."
+                    ) from None
+                finally:
+                    read.since = None
+                    meter.upstream_seconds += time.monotonic() - started
+                if chunk and first:
+                    first, deadline, which = False, s.idle_timeout_seconds, "between two chunks"
+                yield chunk
+        finally:
+            self.stalls.forget(read)
 
 
 def http_error(name: str, status: int, body: bytes, headers: Any) -> errors.SluicegateError:

@@ -247,14 +247,49 @@ def test_a_refused_connection_is_503(kind: str) -> None:
         stop(gw)
 
 
+def test_a_slow_stream_is_not_cut_by_the_idle_deadline() -> None:
+    """The idle deadline is between two chunks, not over the answer: chunks 0.3 s apart for
+    2.4 s pass a 0.5 s deadline (its timer ticks every 0.125 s, across all the reads)."""
+    words = [f"w{i} " for i in range(8)]
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for word in words:
+            yield sse([openai_chunk(word)])[0]
+            await asyncio.sleep(0.3)
+        done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        yield sse([done])[0] + b"data: [DONE]\n\n"
+
+    async def endpoint(request: Request) -> Response:
+        await request.body()
+        return StreamingResponse(slowly(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", endpoint, methods=["POST"])])
+    url, done = serve_app(app)
+    gw = gateway_in_front("openai", url + "/v1", idle_timeout_seconds=0.5)
+    try:
+        response = gw.bedrock().invoke_model_with_response_stream(modelId=MODEL, body=body("hi"))
+        events = [json.loads(e["chunk"]["bytes"]) for e in response["body"]]
+        text = "".join(
+            e["delta"].get("text", "")
+            for e in events
+            if "delta" in e and e["type"] == "content_block_delta"
+        )
+        assert text == "".join(words)
+        assert events[-2]["delta"]["stop_reason"] == "end_turn"
+        assert list(gw.gateway.generations.values())[-1].stop_reason == "end_turn"
+    finally:
+        stop(gw)
+        done()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     ("behaviour", "frame", "first_byte"),
     [
         ("cut", "modelStreamError", 60),
         ("short", "modelStreamError", 60),  # ended cleanly, but not at the answer's end
-        ("stall", "modelTimeout", 60),  # the idle deadline is the shorter: timed by us
-        ("stall", "modelTimeout", 0.5),  # as long as the first-byte one: aiohttp's read timeout
+        ("stall", "modelTimeout", 60),  # the idle deadline is the shorter
+        ("stall", "modelTimeout", 0.5),  # as long as the first-byte one
     ],
 )
 def test_a_stream_cut_or_stalled_mid_way_ends_with_an_exception_frame(
