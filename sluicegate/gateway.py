@@ -86,7 +86,10 @@ class Gateway:
             on_token_gap=m.gap,
             on_end=self._ended,
         )
-        gen.meter.on_late_usage = lambda tokens: m.late_output(gen, tokens)
+        # Not a closure over gen: gen -> meter -> it -> gen would be a cycle, which leaves every
+        # generation's log to the full garbage collection (pauses of tens of ms) to free.
+        route, name = gen.route, gen.provider
+        gen.meter.on_late_usage = lambda tokens: m.late_output(route, name, tokens)
         gen.caller = caller
         self.live_by_caller[caller] += 1
         # Registered while it waits for the provider too: a drain must see queued ones.

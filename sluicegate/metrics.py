@@ -94,9 +94,9 @@ class GatewayMetrics:
             total = gen.timings.ended - gen.timings.created
             self.overhead.labels(*labels).observe(max(0.0, total - waited))
 
-    def late_output(self, gen: Generation, tokens: int) -> None:
+    def late_output(self, route: str, provider: str, tokens: int) -> None:
         """Output tokens counted after the generation ended (a drained upstream)."""
-        self.tokens.labels(gen.route, gen.provider, "output").inc(tokens)
+        self.tokens.labels(route, provider, "output").inc(tokens)
 
     def add_gauges(self, name: str, read: Callable[[], dict[str, float]]) -> None:
         """Expose figures read at scrape time, e.g. the engine's counters."""

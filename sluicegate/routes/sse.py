@@ -25,6 +25,46 @@ CLOCK_SLACK = 0.001  # a timer may fire this early (the loop's clock resolution 
 Render = Callable[[int, Event], tuple[Iterable[bytes], bool]]
 
 
+class Beats:
+    """When a heartbeat is due: after `every` seconds with nothing sent. One timer, which moves
+    on when it finds that something went out since it was set (no timer per chunk). `waiting`,
+    a future the stream waits on, is woken when a beat falls due.
+
+    A class, not a closure: a timer callback that closes over its own timer is a reference
+    cycle, and every stream's would wait for the full garbage collection."""
+
+    __slots__ = ("due", "every", "loop", "quiet_since", "timer", "waiting")
+
+    def __init__(self, every: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.every = every
+        self.due = False
+        self.waiting: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.sent(beat=True)
+
+    def sent(self, beat: bool = False) -> None:
+        """Something went out now (a beat: the next one is timed from it)."""
+        self.quiet_since = self.loop.time()
+        if beat:
+            self.due = False
+            self.timer = self.loop.call_at(self.quiet_since + self.every, self._tick)
+
+    def _tick(self) -> None:
+        due = self.quiet_since + self.every
+        if self.loop.time() < due - CLOCK_SLACK:
+            self.timer = self.loop.call_at(due, self._tick)
+            return
+        self.timer, self.due = None, True
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_result(None)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
 async def log_stream(
     source: Followable, render: Render, beat: bytes, every: float
 ) -> AsyncGenerator[bytes, None]:
@@ -33,25 +73,8 @@ async def log_stream(
     in which nothing went out. What is ready at once goes out joined, in one send.
 
     All of it runs in the sender's task: a chunk costs that task one wake-up, no task, wait or
-    timer of its own (at thousands of chunks a second, those were the cost). The heartbeat is
-    one timer that, when it fires early (something went out since it was set), moves on."""
-    loop = asyncio.get_running_loop()
-    quiet_since = loop.time()
-    waiting: asyncio.Future[None] | None = None
-    beat_due = False
-    timer: asyncio.TimerHandle
-
-    def tick() -> None:
-        nonlocal timer, beat_due
-        due = quiet_since + every
-        if loop.time() < due - CLOCK_SLACK:
-            timer = loop.call_at(due, tick)
-            return
-        beat_due = True
-        if waiting is not None and not waiting.done():
-            waiting.set_result(None)
-
-    timer = loop.call_at(quiet_since + every, tick)
+    timer of its own (at thousands of chunks a second, those were the cost)."""
+    beats = Beats(every)
     i = 0
     try:
         while True:
@@ -66,25 +89,23 @@ async def log_stream(
                     out.extend(pieces)
                 if out:
                     yield b"".join(out)
-                    quiet_since = loop.time()
+                    beats.sent()
                 if last:
                     return
             elif source.done:
                 return
-            elif beat_due:
-                beat_due = False
+            elif beats.due:
                 yield beat
-                quiet_since = loop.time()
-                timer = loop.call_at(quiet_since + every, tick)
+                beats.sent(beat=True)
             else:
-                waiting = source.next_change()
+                waiting = beats.waiting = source.next_change()
                 try:
                     await waiting
                 finally:
                     waiting.cancel()
-                    waiting = None
+                    beats.waiting = None
     finally:
-        timer.cancel()
+        beats.close()
 
 
 def sse_response(
