@@ -21,9 +21,8 @@ from sluicegate.codecs import jsonbody, sse
 from sluicegate.events import Event
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import address, key_owner, presented_key
-from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, Render, log_stream, sse_response
+from sluicegate.routes.sse import HEADERS, Render, sse_response
 from sluicegate.routes.streaming import (
-    StreamResponse,
     answering,
     gateway_of,
     read_limited,
@@ -142,9 +141,9 @@ async def generation_events(request: Request) -> Response:
     if gen.done and after >= last_id(gen.log):
         # Nothing left to send: 204 is what tells an EventSource to stop reconnecting.
         return Response(status_code=204, headers=HEADERS)
-    chunks = log_stream(gen, stream_events(after), PING, gateway.settings.sse_heartbeat_seconds)
     # A watcher leaving ends only its own stream, never the generation.
-    return StreamResponse(chunks, MEDIA_TYPE, HEADERS)
+    every = gateway.settings.sse_heartbeat_seconds
+    return sse_response(gen, stream_events(after), PING, every, cancels=False)
 
 
 def last_id(log: list[Event]) -> int:

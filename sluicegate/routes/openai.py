@@ -33,9 +33,8 @@ from sluicegate.events import EARLY_STOPS, ChatRequest, Event
 from sluicegate.gateway import Gateway
 from sluicegate.generation import Generation
 from sluicegate.routes.aws import address, caller
-from sluicegate.routes.sse import HEADERS, MEDIA_TYPE, Render, log_stream, sse_response
+from sluicegate.routes.sse import Render, sse_response
 from sluicegate.routes.streaming import (
-    StreamResponse,
     gateway_of,
     read_limited,
     wait_or_disconnect,
@@ -130,9 +129,7 @@ def heartbeat(request: Request) -> tuple[bytes, float]:
 def following(request: Request, gen: Generation, render: Render) -> Response:
     """An SSE answer whose client only watches: leaving stops the sending, not the generation."""
     beat, every = heartbeat(request)
-    return StreamResponse(
-        log_stream(gen, render, beat, every), MEDIA_TYPE, {**HEADERS, **headers(gen)}
-    )
+    return sse_response(gen, render, beat, every, headers(gen), cancels=False)
 
 
 # -- Chat Completions ---------------------------------------------------------------------------

@@ -26,9 +26,9 @@ Render = Callable[[int, Event], tuple[Iterable[bytes], bool]]
 
 
 class Beats:
-    """When a heartbeat is due: after `every` seconds with nothing sent. One timer, which moves
-    on when it finds that something went out since it was set (no timer per chunk). `waiting`,
-    a future the stream waits on, is woken when a beat falls due.
+    """When a heartbeat is due: after `every` seconds with nothing sent. One timer for the
+    stream's life, which moves on to `every` after the last send when it fires (no timer per
+    chunk). `waiting`, a future the stream waits on, is woken when a beat falls due.
 
     A class, not a closure: a timer callback that closes over its own timer is a reference
     cycle, and every stream's would wait for the full garbage collection."""
@@ -40,22 +40,22 @@ class Beats:
         self.every = every
         self.due = False
         self.waiting: asyncio.Future[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.sent(beat=True)
-
-    def sent(self, beat: bool = False) -> None:
-        """Something went out now (a beat: the next one is timed from it)."""
         self.quiet_since = self.loop.time()
-        if beat:
-            self.due = False
-            self.timer = self.loop.call_at(self.quiet_since + self.every, self._tick)
+        self.timer: asyncio.TimerHandle | None = self.loop.call_at(
+            self.quiet_since + every, self._tick
+        )
+
+    def sent(self) -> None:
+        """Something went out now (a beat, or anything else: no beat is due)."""
+        self.quiet_since = self.loop.time()
+        self.due = False
 
     def _tick(self) -> None:
-        due = self.quiet_since + self.every
-        if self.loop.time() < due - CLOCK_SLACK:
+        now, due = self.loop.time(), self.quiet_since + self.every
+        if now < due - CLOCK_SLACK:
             self.timer = self.loop.call_at(due, self._tick)
             return
-        self.timer, self.due = None, True
+        self.timer, self.due = self.loop.call_at(now + self.every, self._tick), True
         if self.waiting is not None and not self.waiting.done():
             self.waiting.set_result(None)
 
@@ -96,7 +96,7 @@ async def log_stream(
                 return
             elif beats.due:
                 yield beat
-                beats.sent(beat=True)
+                beats.sent()
             else:
                 waiting = beats.waiting = source.next_change()
                 try:
@@ -114,13 +114,15 @@ def sse_response(
     beat: bytes,
     every: float,
     headers: dict[str, str] | None = None,
-    on_disconnect: Callable[[], object] | None = None,
+    *,
+    cancels: bool = True,
 ) -> StreamResponse:
     """A streamed SSE answer for `gen`: heartbeats, no caching or proxy buffering, and a client
-    that leaves cancels the generation as `disconnected` (unless `on_disconnect` says else)."""
+    that leaves cancels the generation as `disconnected` (or, not `cancels`, a client that only
+    watches: leaving stops the sending, not the generation)."""
     return StreamResponse(
         log_stream(gen, render, beat, every),
         MEDIA_TYPE,
         headers={**HEADERS, **(headers or {})},
-        on_disconnect=on_disconnect or (lambda: gen.cancel("disconnected")),
+        on_disconnect=(lambda: gen.cancel("disconnected")) if cancels else None,
     )

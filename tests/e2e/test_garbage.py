@@ -68,14 +68,13 @@ def ask(gw: Server, door: str) -> str:
         return "".join(
             e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e
         )
-    path, extra = {
-        "anthropic": ("/v1/messages", {}),
-        "chat": ("/v1/chat/completions", {}),
-        "responses": ("/v1/responses", {"input": "hi", "store": False}),
-    }[door]
-    payload = {"model": MODEL, "stream": True, **text, **extra}
-    if door == "responses":
-        del payload["messages"], payload["max_tokens"]
+    chat = {"model": MODEL, "stream": True, **text}
+    path, payload = {
+        "anthropic": ("/v1/messages", chat),
+        "chat": ("/v1/chat/completions", chat),
+        "responses": ("/v1/responses", {"model": MODEL, "stream": True, "input": "hi",
+                                        "max_output_tokens": 12, "store": False}),
+    }[door]  # fmt: skip
     with httpx.stream("POST", gw.url + path, json=payload, timeout=30) as response:
         assert response.status_code == 200
         return response.read().decode()
