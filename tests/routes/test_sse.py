@@ -66,13 +66,13 @@ def test_no_beat_while_chunks_come_closer_than_the_beat_interval() -> None:
     log = Log()
 
     async def main() -> list[bytes]:
-        player = asyncio.create_task(log.play([0.06] * 10))
-        got = await collect(log_stream(log, text, b"beat", 0.1))
+        player = asyncio.create_task(log.play([0.03] * 20))  # 0.6 s: the timer fires twice
+        got = await collect(log_stream(log, text, b"beat", 0.25))
         await player
         return got
 
     got = asyncio.run(main())
-    assert b"".join(got) == b"".join(b"c%d" % i for i in range(10))
+    assert b"".join(got) == b"".join(b"c%d" % i for i in range(20))
     assert b"beat" not in got
 
 
@@ -125,7 +125,7 @@ def test_leaving_early_mid_wait_leaves_nothing_waiting() -> None:
                     got.append(x)
 
         reader = asyncio.create_task(client())
-        await asyncio.sleep(0.12)  # c0 and two beats: the stream now waits for the log
+        await asyncio.sleep(0.12)  # c0 and beats: the stream now waits for the log
         waiting_before = log.pending()
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
@@ -133,6 +133,6 @@ def test_leaving_early_mid_wait_leaves_nothing_waiting() -> None:
         return got, waiting_before, log.pending(), live_timers
 
     got, before, after, live_timers = asyncio.run(main())
-    assert got == [b"c0", b"beat", b"beat"]
+    assert got[0] == b"c0" and got[1:] == [b"beat"] * (len(got) - 1) and len(got) >= 2
     assert (before, after) == (1, 0)  # the wait was given up
     assert live_timers == 0  # and the heartbeat timer cancelled with the stream
