@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from typing import Any
 
@@ -14,7 +13,7 @@ TYPES: dict[str, type[Any]] = {cls.__name__: cls for cls in typing.get_args(Even
 
 
 def dumps(event: Event) -> bytes:
-    return jsonbody.dumps(encode(event)).encode()
+    return jsonbody.dumpb(encode(event))
 
 
 def encode(event: Event) -> dict[str, Any]:
@@ -25,15 +24,15 @@ def encode(event: Event) -> dict[str, Any]:
 
 def dumps_many(batch: list[Event]) -> bytes:
     body = [encode(e) for e in batch]
-    return jsonbody.dumps(body).encode()
+    return jsonbody.dumpb(body)
 
 
 def loads_many(raw: bytes | str) -> list[Event | None]:
-    return [decode(body) for body in json.loads(raw)]
+    return [decode(body) for body in jsonbody.parse(raw)]
 
 
 def loads(raw: bytes | str) -> Event | None:
-    return decode(json.loads(raw))
+    return decode(jsonbody.parse(raw))
 
 
 def decode(body: dict[str, Any]) -> Event | None:

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
 from sluicegate import errors
+from sluicegate.codecs import jsonbody
 from sluicegate.config import UpstreamSettings
 from sluicegate.events import ChatRequest, Message, StopReason, ToolChoice, ToolResult, ToolUse
 from sluicegate.generation import Meter
@@ -164,7 +164,7 @@ def _content(m: Message) -> str | list[dict[str, Any]]:
 
 def _json(data: str) -> dict[str, Any]:
     try:
-        found = json.loads(data)
+        found = jsonbody.parse(data)
     except ValueError:
         return {}
     return found if isinstance(found, dict) else {}

@@ -19,7 +19,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from sluicegate import errors
-from sluicegate.codecs import eventstream
+from sluicegate.codecs import eventstream, jsonbody
 from sluicegate.codecs.eventstream import EventStreamDecoder, EventStreamError
 from sluicegate.config import UpstreamSettings
 from sluicegate.events import (
@@ -107,7 +107,7 @@ class BedrockProvider(Upstream):
 
     def _chunk(self, data: dict[str, Any]) -> dict[str, Any]:
         try:
-            chunk = json.loads(base64.b64decode(data.get("bytes") or "", validate=True))
+            chunk = jsonbody.parse(base64.b64decode(data.get("bytes") or "", validate=True))
         except ValueError:  # not base64, not UTF-8, not JSON
             chunk = None
         if not isinstance(chunk, dict):
@@ -156,7 +156,7 @@ class BedrockProvider(Upstream):
     def _event(self, message: eventstream.Message) -> tuple[str, dict[str, Any]]:
         headers = message.headers
         try:
-            data = json.loads(message.payload or b"{}")
+            data = jsonbody.parse(message.payload or b"{}")
         except ValueError:
             data = {}
         kind = str(headers.get(":message-type", "event"))

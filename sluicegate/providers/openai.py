@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from sluicegate import errors
+from sluicegate.codecs import jsonbody
 from sluicegate.config import UpstreamSettings
 from sluicegate.events import ChatRequest, Message, StopReason, ToolResult, ToolUse
 from sluicegate.generation import Meter
@@ -62,7 +63,7 @@ class OpenAIProvider(Upstream):
 
     def _chunk(self, data: str) -> dict[str, Any]:
         try:
-            chunk = json.loads(data)
+            chunk = jsonbody.parse(data)
         except ValueError:
             raise errors.ModelStreamError(
                 f"Provider {self.name} sent a chunk that is not JSON: {data[:200]!r}"

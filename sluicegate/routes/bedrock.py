@@ -138,7 +138,7 @@ def chunk_frames(chunks: Chunks) -> Callable[[Event], bytes | None]:
 
 
 def chunk_frame(data: dict[str, Any]) -> bytes:
-    raw = base64.b64encode(jsonbody.dumps(data).encode())
+    raw = base64.b64encode(jsonbody.dumpb(data))
     return eventstream.event("chunk", converse.dumps({"bytes": raw.decode()}))
 
 

@@ -477,7 +477,7 @@ def early_stop_error(reason: str, tokens: int) -> errors.SluicegateError:
 def text_delta_json(event: TextDelta) -> str:
     """`event_json(event)` encoded (compact, not ASCII-escaped), written out: the one event of
     every token, with no dict to build and encode each time."""
-    text = json.dumps(event.text, ensure_ascii=False)
+    text = dumps(event.text)
     return (
         f'{{"type":"content_block_delta","index":{event.index:d},'
         f'"delta":{{"type":"text_delta","text":{text}}}}}'

@@ -325,4 +325,4 @@ def _block(b: tools.Block) -> dict[str, Any]:
 
 
 def dumps(payload: dict[str, Any]) -> bytes:
-    return jsonbody.dumps(payload).encode()
+    return jsonbody.dumpb(payload)

@@ -184,4 +184,4 @@ def kind(value: Any) -> str:
 
 
 def dumps(data: Json) -> bytes:
-    return jsonbody.dumps(data).encode()
+    return jsonbody.dumpb(data)
