@@ -149,19 +149,27 @@ class Generation:
         Raises the provider's SluicegateError if it refuses the request (nothing was sent yet),
         or errors.Cancelled if the generation is cancelled while it waits.
         """
-        accepted = asyncio.ensure_future(self._agen.__anext__())
-        self._cancellable = accepted
+        # The provider's first step runs in the caller's task (no task of its own: a loop turn
+        # less before the first byte); `cancel` meanwhile cancels that task, and takes the
+        # cancellation back once it has reached the provider.
+        caller = asyncio.current_task()
+        self._cancellable = caller
         try:
-            first = await accepted
+            first = await self._agen.__anext__()
         except asyncio.CancelledError:
+            self._cancellable = None
+            ours = self._cancel_reason is not None
+            if ours and caller is not None:
+                caller.uncancel()
             await self._agen.aclose()
-            if self._cancel_reason is None:
+            if not ours:
                 raise
             if self._interrupted is not None:
                 raise self._interrupted from None
             reason = self._cancel_reason
             raise errors.Cancelled(f"The request ended ({reason}) before it started.") from None
         except BaseException:
+            self._cancellable = None
             await self._agen.aclose()
             raise
         self._cancellable = None

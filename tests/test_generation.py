@@ -388,6 +388,57 @@ def test_cancel_while_queued_reaches_the_provider() -> None:
     run(main)
 
 
+def queued_forever(closed: list[str]) -> StreamFn:
+    async def stream(request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
+        try:
+            await asyncio.Event().wait()
+            yield MessageStart("", "m", 1)
+        finally:
+            closed.append("provider")
+
+    return stream
+
+
+def test_a_stop_while_queued_ends_the_start_and_leaves_its_caller_running() -> None:
+    """The provider's first step runs in the caller's task: the stop cancels that task, and
+    start() takes the cancellation back, so the caller goes on (answers its client)."""
+    closed: list[str] = []
+
+    async def caller(gen: Generation) -> str:
+        with pytest.raises(errors.Cancelled, match="disconnected"):
+            await gen.start()
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        await asyncio.sleep(0.01)  # awaiting still works: no cancellation is left pending
+        return "answered"
+
+    async def main() -> None:
+        gen = new(queued_forever(closed))
+        starting = asyncio.create_task(caller(gen))
+        await settle()
+        assert gen.cancel("disconnected")
+        assert await starting == "answered"
+        assert closed == ["provider"]
+
+    run(main)
+
+
+def test_the_caller_cancelled_while_queued_is_cancelled_not_stopped() -> None:
+    closed: list[str] = []
+
+    async def main() -> None:
+        gen = new(queued_forever(closed))
+        starting = asyncio.create_task(gen.start())
+        await settle()
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert closed == ["provider"]
+        assert not gen.done and gen.cancel() is True  # it never started: nothing to end
+
+    run(main)
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 
