@@ -65,8 +65,10 @@ class EngineSettings(Strict):
     max_queue: int = Field(256, ge=0)
     # Draft tokens of prompt lookup for a lone stream (see providers/scheduler.EngineConfig).
     lookup: int = Field(7, ge=0, le=32)
-    # How long an idle engine waits for requests still being tokenized (see EngineConfig).
+    # How long an idle engine waits for requests still being tokenized: since the last one
+    # arrived, and in all (see providers/scheduler.EngineConfig).
     gather_ms: float = Field(10.0, ge=0, le=1000)
+    gather_max_ms: float = Field(50.0, ge=0, le=10_000)
 
 
 class ScriptedSettings(Strict):

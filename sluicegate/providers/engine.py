@@ -85,6 +85,7 @@ class Engine:
         self._cv = threading.Condition()
         self._closed = False
         self._expected = 0  # requests announced and not yet submitted (being tokenized)
+        self._arrived = 0.0  # when the last request was announced or submitted
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         # Why the engine stopped for good (a llama.cpp call failed), or None while it serves.
         self.failure: str | None = None
@@ -143,6 +144,7 @@ class Engine:
                     f"Too many requests are waiting ({self.config.max_queue}); retry shortly."
                 )
             self.sched.waiting.append(seq)
+            self._arrived = time.monotonic()
             self._cv.notify()
 
     def announce(self) -> None:
@@ -151,6 +153,7 @@ class Engine:
         followed by one `withdraw`, once the request is submitted or given up."""
         with self._cv:
             self._expected += 1
+            self._arrived = time.monotonic()
 
     def withdraw(self) -> None:
         with self._cv:
@@ -253,10 +256,12 @@ class Engine:
             while not self._closed and not self.sched.running and not self.sched.waiting:
                 self._cv.wait()
             if not self.sched.running and self._expected > 0:
-                # Idle, and others are on their way: let them join the first step.
-                deadline = time.monotonic() + self.config.gather_ms / 1000
+                # Idle, and others are on their way: let them join the first step while they
+                # keep coming (a window from the last arrival, within a bound in all).
+                window, most = self.config.gather_ms / 1000, self.config.gather_max_ms / 1000
+                bound = time.monotonic() + most
                 while self._expected > 0 and not self._closed:
-                    left = deadline - time.monotonic()
+                    left = min(self._arrived + window, bound) - time.monotonic()
                     if left <= 0:
                         break
                     self._cv.wait(left)

@@ -62,10 +62,13 @@ class EngineConfig:
     # least two), and every one the model samples the same is kept (an answer that repeats
     # its prompt, as code edits do, takes fewer steps). 0: off.
     lookup: int = 7
-    # An idle engine that is handed a request waits up to this long for the others already
-    # on their way (being tokenized) to join its first step: requests that come together get
-    # their first tokens together, instead of one step after another.
+    # An idle engine that is handed a request waits for the others already on their way
+    # (being tokenized) to join its first step, as long as they keep coming: until none is on
+    # its way, or none has arrived for gather_ms, or gather_max_ms in all. Requests that come
+    # together get their first tokens together, instead of one step after another (32 sent at
+    # once arrive over 12-21 ms on a 2-core EPYC: a prompt's tokenizing takes 0.3 ms).
     gather_ms: float = 10.0
+    gather_max_ms: float = 50.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -137,11 +138,12 @@ def test_a_shared_prefix_is_reused_not_recomputed(local: LocalProvider) -> None:
 
 def test_requests_on_their_way_join_an_idle_engines_first_step(local: LocalProvider) -> None:
     """An idle engine handed one request waits for those announced and still being tokenized
-    (at most gather_ms), so that requests that come together get first tokens together; with
-    nothing announced it starts at once, and an announcement never followed up holds the start
-    for the window only. (No figure depends on this machine's speed: a window of 10 minutes
-    stands for "until withdrawn", one of 0.2 s for "bounded".)"""
-    patient = Engine(local.model, EngineConfig(n_ctx=2048, n_parallel=4, gather_ms=600_000))
+    (gather_ms from the last arrival at most), so that requests that come together get first
+    tokens together; with nothing announced it starts at once, and an announcement never
+    followed up holds the start for the window only. (No figure depends on this machine's
+    speed: a window of 10 minutes stands for "until withdrawn", one of 0.2 s for "bounded".)"""
+    long = {"gather_ms": 600_000, "gather_max_ms": 600_000}
+    patient = Engine(local.model, EngineConfig(n_ctx=2048, n_parallel=4, **long))
     brief = Engine(local.model, EngineConfig(n_ctx=2048, n_parallel=4, gather_ms=200))
     first_step: dict[str, int] = {}
     done = {k: threading.Event() for k in ("a", "b", "alone", "late", "bounded")}
@@ -183,6 +185,54 @@ def test_requests_on_their_way_join_an_idle_engines_first_step(local: LocalProvi
     finally:
         patient.close()
         brief.close()
+
+
+def test_a_burst_that_keeps_coming_joins_the_first_step_within_a_bound(
+    local: LocalProvider,
+) -> None:
+    """The gathering window counts from the last arrival: requests of a burst that reach the
+    engine one after another, each within the window of the one before, share the first step
+    although the whole burst spans more than the window; but no longer than gather_max_ms in
+    all. (Windows of seconds against gaps of 0.4 s: no figure depends on this machine.)"""
+    requests = {f"r{i}": ChatRequest("m", (Message("user", f"Say {i}."),), max_tokens=2)
+                for i in range(8)}  # fmt: skip
+    prompts = {key: local.tokenize(r) for key, r in requests.items()}
+
+    def burst(engine: Engine, keys: list[str]) -> dict[str, int]:
+        first_step: dict[str, int] = {}
+        done = {key: threading.Event() for key in keys}
+
+        def sink_of(key: str) -> Callable[[str, int, str | None], None]:
+            def sink(text: str, tokens: int, finish: str | None) -> None:
+                first_step.setdefault(key, engine.stats.steps)
+                if finish is not None:
+                    done[key].set()
+
+            return sink
+
+        for _ in keys:
+            engine.announce()
+        for i, key in enumerate(keys):
+            if i:
+                time.sleep(0.4)
+            engine.submit(Sequence(key, prompts[key], Sampling(2), sink_of(key)))
+            engine.withdraw()
+        assert all(event.wait(60) for event in done.values())
+        return first_step
+
+    keeps = Engine(local.model, EngineConfig(n_ctx=2048, n_parallel=8, gather_ms=1000,
+                                             gather_max_ms=60_000))  # fmt: skip
+    bounded = Engine(local.model, EngineConfig(n_ctx=2048, n_parallel=8, gather_ms=1000,
+                                               gather_max_ms=1500))  # fmt: skip
+    try:
+        together = burst(keeps, ["r0", "r1", "r2", "r3"])  # 1.2 s from first to last
+        assert len(set(together.values())) == 1
+        split = burst(bounded, list(requests))  # 2.8 s: the bound starts the first step
+        first = min(split.values())
+        assert 1 < sum(step == first for step in split.values()) < len(requests)
+    finally:
+        keeps.close()
+        bounded.close()
 
 
 CODE = """def word_counts(text):
