@@ -364,18 +364,22 @@ def test_cancel_right_after_start_still_ends_the_generation() -> None:
     assert isinstance(gen.log[-1], MessageStop)
 
 
-def test_cancel_while_queued_reaches_the_provider() -> None:
-    closed: list[str] = []
-
+def queued_forever(closed: list[str]) -> StreamFn:
     async def stream(request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
         try:
-            await asyncio.Event().wait()  # queued behind other work, forever
+            await asyncio.Event().wait()
             yield MessageStart("", "m", 1)
         finally:
             closed.append("provider")
 
+    return stream
+
+
+def test_cancel_while_queued_reaches_the_provider() -> None:
+    closed: list[str] = []
+
     async def main() -> None:
-        gen = new(stream)
+        gen = new(queued_forever(closed))  # queued behind other work, forever
         starting = asyncio.create_task(gen.start())
         try:
             await settle()
@@ -386,17 +390,6 @@ def test_cancel_while_queued_reaches_the_provider() -> None:
             starting.cancel()
 
     run(main)
-
-
-def queued_forever(closed: list[str]) -> StreamFn:
-    async def stream(request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
-        try:
-            await asyncio.Event().wait()
-            yield MessageStart("", "m", 1)
-        finally:
-            closed.append("provider")
-
-    return stream
 
 
 def test_a_stop_while_queued_ends_the_start_and_leaves_its_caller_running() -> None:
@@ -522,15 +515,8 @@ def test_refusal_before_the_first_event_is_raised_by_start() -> None:
 def test_start_abandoned_while_queued_closes_the_provider() -> None:
     closed: list[str] = []
 
-    async def stream(request: ChatRequest, meter: Meter) -> AsyncGenerator[Event, None]:
-        try:
-            await asyncio.Event().wait()
-            yield MessageStart("", "m", 1)
-        finally:
-            closed.append("provider")
-
     async def main() -> Generation:
-        gen = new(stream)
+        gen = new(queued_forever(closed))
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(gen.start(), 0.05)
         assert closed == ["provider"]
