@@ -156,22 +156,18 @@ class Generation:
         self._cancellable = caller
         try:
             first = await self._agen.__anext__()
-        except asyncio.CancelledError:
+        except BaseException as exc:
             self._cancellable = None
-            ours = self._cancel_reason is not None
-            if ours and caller is not None:
+            stopped = isinstance(exc, asyncio.CancelledError) and self._cancel_reason is not None
+            if stopped and caller is not None:
                 caller.uncancel()
             await self._agen.aclose()
-            if not ours:
+            if not stopped:
                 raise
             if self._interrupted is not None:
                 raise self._interrupted from None
             reason = self._cancel_reason
             raise errors.Cancelled(f"The request ended ({reason}) before it started.") from None
-        except BaseException:
-            self._cancellable = None
-            await self._agen.aclose()
-            raise
         self._cancellable = None
         self._append(first)
         self._task = asyncio.create_task(self._run(), name=f"generation {self.id}")

@@ -68,7 +68,7 @@ def dumps(data: Any) -> str:
     try:
         return orjson.dumps(data).decode()
     except TypeError:
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        return _compact(data)
 
 
 def dumpb(data: Any) -> bytes:
@@ -76,7 +76,11 @@ def dumpb(data: Any) -> bytes:
     try:
         return orjson.dumps(data)
     except TypeError:
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        return _compact(data).encode()
+
+
+def _compact(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def parse(raw: bytes | str) -> Any:
