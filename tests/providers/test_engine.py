@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import threading
 import time
@@ -43,6 +44,25 @@ def sequence(local: LocalProvider, text: str, max_tokens: int = 64, **kw: Any) -
 def sink(seq: Sequence) -> Collector:
     assert isinstance(seq.sink, Collector)
     return seq.sink
+
+
+class FirstSteps:
+    """Sinks that note the engine step of each sequence's first token, and its end."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.step: dict[str, int] = {}
+        self.done: collections.defaultdict[str, threading.Event] = collections.defaultdict(
+            threading.Event
+        )
+
+    def sink(self, key: str) -> Callable[[str, int, str | None], None]:
+        def sink(text: str, tokens: int, finish: str | None) -> None:
+            self.step.setdefault(key, self.engine.stats.steps)
+            if finish is not None:
+                self.done[key].set()
+
+        return sink
 
 
 @pytest.fixture
@@ -145,41 +165,36 @@ def test_requests_on_their_way_join_an_idle_engines_first_step(local: LocalProvi
     long = {"gather_ms": 600_000, "gather_max_ms": 600_000}
     patient = Engine(local.model, EngineConfig(n_ctx=2048, n_parallel=4, **long))
     brief = Engine(local.model, EngineConfig(n_ctx=2048, n_parallel=4, gather_ms=200))
-    first_step: dict[str, int] = {}
-    done = {k: threading.Event() for k in ("a", "b", "alone", "late", "bounded")}
+    on_patient, on_brief = FirstSteps(patient), FirstSteps(brief)
+    first_step, done = on_patient.step, on_patient.done
 
-    def seq(key: str, engine: Engine) -> Sequence:
-        def sink(text: str, tokens: int, finish: str | None) -> None:
-            first_step.setdefault(key, engine.stats.steps)
-            if finish is not None:
-                done[key].set()
-
+    def seq(key: str, on: FirstSteps) -> Sequence:
         request = ChatRequest("m", (Message("user", f"Say {key}."),), max_tokens=3)
-        return Sequence(key, local.tokenize(request), Sampling(3), sink)
+        return Sequence(key, local.tokenize(request), Sampling(3), on.sink(key))
 
     try:
         patient.announce()
         patient.announce()
-        patient.submit(seq("a", patient))
+        patient.submit(seq("a", on_patient))
         patient.withdraw()
         assert not done["a"].wait(0.3)  # waiting for b, which is still on its way
-        patient.submit(seq("b", patient))
+        patient.submit(seq("b", on_patient))
         patient.withdraw()
         assert done["a"].wait(60) and done["b"].wait(60)
         assert first_step["a"] == first_step["b"]  # the same step
 
-        patient.submit(seq("alone", patient))  # nothing announced: no wait
+        patient.submit(seq("alone", on_patient))  # nothing announced: no wait
         assert done["alone"].wait(60)
 
         patient.announce()  # held until the announced request comes or is given up
-        patient.submit(seq("late", patient))
+        patient.submit(seq("late", on_patient))
         assert not done["late"].wait(0.3)
         patient.withdraw()
         assert done["late"].wait(60)
 
         brief.announce()  # never followed up: the window ends the wait
-        brief.submit(seq("bounded", brief))
-        assert done["bounded"].wait(60)
+        brief.submit(seq("bounded", on_brief))
+        assert on_brief.done["bounded"].wait(60)
         brief.withdraw()
         assert wait_until(lambda: patient.active() == brief.active() == (0, 0))
     finally:
@@ -199,26 +214,16 @@ def test_a_burst_that_keeps_coming_joins_the_first_step_within_a_bound(
     prompts = {key: local.tokenize(r) for key, r in requests.items()}
 
     def burst(engine: Engine, keys: list[str]) -> dict[str, int]:
-        first_step: dict[str, int] = {}
-        done = {key: threading.Event() for key in keys}
-
-        def sink_of(key: str) -> Callable[[str, int, str | None], None]:
-            def sink(text: str, tokens: int, finish: str | None) -> None:
-                first_step.setdefault(key, engine.stats.steps)
-                if finish is not None:
-                    done[key].set()
-
-            return sink
-
+        on = FirstSteps(engine)
         for _ in keys:
             engine.announce()
         for i, key in enumerate(keys):
             if i:
                 time.sleep(0.4)
-            engine.submit(Sequence(key, prompts[key], Sampling(2), sink_of(key)))
+            engine.submit(Sequence(key, prompts[key], Sampling(2), on.sink(key)))
             engine.withdraw()
-        assert all(event.wait(60) for event in done.values())
-        return first_step
+        assert all(on.done[key].wait(60) for key in keys)
+        return on.step
 
     keeps = Engine(local.model, EngineConfig(n_ctx=2048, n_parallel=8, gather_ms=1000,
                                              gather_max_ms=60_000))  # fmt: skip
