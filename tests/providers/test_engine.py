@@ -331,8 +331,18 @@ def test_random_start_stop_disconnect_interleavings_leak_nothing(q8_0: bool) -> 
         await gen.wait()
         return gen
 
+    async def alone() -> Generation:
+        """A lone greedy answer at the end: it decodes in the solo lane whatever the random
+        part's timing left (its last sequence may not have decoded alone)."""
+        request = ChatRequest("m", (Message("user", "Tell a long story."),), max_tokens=24,
+                              temperature=0.0)  # fmt: skip
+        gen = Generation(request, provider.stream, route="test", provider="local")
+        await gen.start()
+        await gen.wait()
+        return gen
+
     async def main() -> list[Generation]:
-        return await asyncio.gather(*[one(i) for i in range(50)])
+        return [*await asyncio.gather(*[one(i) for i in range(50)]), await alone()]
 
     try:
         gens = asyncio.run(main())
