@@ -25,6 +25,7 @@ from sluicegate.events import (
     ChatRequest,
     ErrorEvent,
     Event,
+    EventLog,
     MessageDelta,
     MessageStart,
     MessageStop,
@@ -125,7 +126,7 @@ class Generation:
         self.caller: str | None = None  # the address the gateway counts it against, while live
         self.meter = Meter(key=self.id)
         self.timings = Timings()
-        self.log: list[Event] = []
+        self.log = EventLog()
         self.log_bytes = 0  # about what the log holds, once it ended (the gateway's budget)
         self.stop_reason: StopReason | None = None
         self.stop_sequence: str | None = None

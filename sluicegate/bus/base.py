@@ -13,7 +13,7 @@ Two implementations: `memory.MemoryBus` (one process, the default, nothing to in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,8 +28,10 @@ class Followable(Protocol):
     Doors use only this much of it."""
 
     id: str
-    log: list[Event]
     stop_reason: StopReason | None
+
+    @property
+    def log(self) -> Sequence[Event]: ...
 
     @property
     def usage(self) -> Usage: ...

@@ -45,6 +45,7 @@ from sluicegate.config import BusSettings
 from sluicegate.events import (
     ErrorEvent,
     Event,
+    EventLog,
     MessageDelta,
     MessageStart,
     MessageStop,
@@ -88,7 +89,7 @@ class Mirror:
         self.id = gen_id
         self.replica = record.get("replica", "")
         self.record = record
-        self.log: list[Event] = []
+        self.log = EventLog()
         self.stop_reason: StopReason | None = None
         self._usage = Usage()
         self._pending: StopReason = "end_turn"

@@ -10,7 +10,7 @@ error type; after it, an `event: error`, and the stream ends.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -93,7 +93,7 @@ async def messages(request: Request) -> Response:
     return JSONResponse(anthropic.message_json(finished_log(gen)), headers=headers)
 
 
-def finished_log(gen: Generation) -> list[Event]:
+def finished_log(gen: Generation) -> Sequence[Event]:
     """The log of an ended generation; an error in it (or an early end) is raised."""
     for event in gen.log:
         failure = anthropic.early_end(event)
@@ -146,7 +146,7 @@ async def generation_events(request: Request) -> Response:
     return sse_response(gen, stream_events(after), PING, every, cancels=False)
 
 
-def last_id(log: list[Event]) -> int:
+def last_id(log: Sequence[Event]) -> int:
     """The id of the event this door's stream ends with, for an ended generation's log."""
     return next((i for i, e in enumerate(log, 1) if anthropic.api_events(e)[1]), len(log))
 

@@ -8,7 +8,7 @@ verified (routes/aws.py). Errors before the first byte are Bedrock's own: status
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -63,7 +63,7 @@ async def invocation(request: Request) -> families.Invocation:
     return families.parse(request.path_params["model_id"], await read_body(request))
 
 
-async def finished_events(request: Request, gen: Generation) -> list[Event]:
+async def finished_events(request: Request, gen: Generation) -> Sequence[Event]:
     """The whole log of a non-streaming call; an error in it becomes the error response."""
     await wait_or_disconnect(request, gen)
     if gen.error is not None:

@@ -19,7 +19,7 @@ import functools
 import hmac
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +96,7 @@ async def start(request: Request, chat: ChatRequest) -> Generation:
     return await gateway_of(request).start(chat, route=ROUTE, owner=owner, caller=address(request))
 
 
-async def finished(request: Request, gen: Generation) -> list[Event]:
+async def finished(request: Request, gen: Generation) -> Sequence[Event]:
     """The log of a generation waited for to its end; an early end raises as its error."""
     await wait_or_disconnect(request, gen)
     if gen.error is not None:

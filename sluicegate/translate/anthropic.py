@@ -9,7 +9,7 @@ import contextlib
 import datetime
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sluicegate import errors
@@ -523,7 +523,7 @@ def _first_byte(m: Metrics) -> int:
     return m.total_ms if m.first_token_ms is None else m.first_token_ms
 
 
-def message_json(events: list[Event]) -> dict[str, Any]:
+def message_json(events: Sequence[Event]) -> dict[str, Any]:
     """The whole InvokeModel response: the message that the events spell out."""
     start = next(e for e in events if isinstance(e, MessageStart))
     delta = next(e for e in events if isinstance(e, MessageDelta))
@@ -543,7 +543,7 @@ def message_json(events: list[Event]) -> dict[str, Any]:
     }
 
 
-def content_json(events: list[Event]) -> list[dict[str, Any]]:
+def content_json(events: Sequence[Event]) -> list[dict[str, Any]]:
     """The message's content blocks; a text-only answer is one text block, even empty."""
     found = tools.blocks(events)
     if not tools.has_calls(found):

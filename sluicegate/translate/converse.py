@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from typing import Any
 
 from sluicegate.codecs import jsonbody
@@ -295,7 +296,7 @@ def latency(stop: MessageStop) -> dict[str, int]:
     return {"latencyMs": stop.metrics.total_ms if stop.metrics else 0}
 
 
-def response_json(events: list[Event]) -> dict[str, Any]:
+def response_json(events: Sequence[Event]) -> dict[str, Any]:
     """The whole Converse response; an early end, for which Converse has no stop reason, is
     the error that stands for it."""
     delta = next(e for e in events if isinstance(e, MessageDelta))
@@ -310,7 +311,7 @@ def response_json(events: list[Event]) -> dict[str, Any]:
     }
 
 
-def content(events: list[Event]) -> list[dict[str, Any]]:
+def content(events: Sequence[Event]) -> list[dict[str, Any]]:
     """The answer's content blocks; a text-only answer is one text block, even empty."""
     found = tools.blocks(events)
     if not tools.has_calls(found):

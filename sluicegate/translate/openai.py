@@ -10,7 +10,7 @@ error) is never a finish: it is an in-band `{"error": ...}`, after which the str
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -455,7 +455,7 @@ class ChatStream:
 
 
 def completion_json(
-    completion_id: str, created: int, model: str, events: list[Event]
+    completion_id: str, created: int, model: str, events: Sequence[Event]
 ) -> dict[str, Any]:
     """The whole `chat.completion` of a generation that ended naturally."""
     delta = next((e for e in events if isinstance(e, MessageDelta)), None)

@@ -15,7 +15,7 @@ other terminal event, and its `response.status` says `cancelled`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -437,7 +437,7 @@ def usage_json(usage: Usage) -> dict[str, Any]:
     }
 
 
-def replay(meta: ResponseMeta, log: list[Event]) -> ResponseStream:
+def replay(meta: ResponseMeta, log: Sequence[Event]) -> ResponseStream:
     """A ResponseStream fed a whole log (its `snapshot()` is the Response now)."""
     stream = ResponseStream(meta)
     for event in log:

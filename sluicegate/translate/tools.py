@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,7 @@ class Block:
         return value
 
 
-def blocks(events: list[Event]) -> list[Block]:
+def blocks(events: Sequence[Event]) -> list[Block]:
     """The content blocks the events spell out, in order."""
     out: dict[int, Block] = {}
     for e in events:

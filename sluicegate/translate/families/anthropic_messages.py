@@ -3,7 +3,7 @@ in translate/anthropic.py, shared with the Messages API door."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sluicegate.events import ChatRequest, Event
@@ -20,7 +20,7 @@ class AnthropicMessages:
     def parse(self, model: str, body: Mapping[str, Any]) -> ChatRequest:
         return anthropic.parse_object(model, body)
 
-    def whole(self, chat: ChatRequest, events: list[Event]) -> Json:
+    def whole(self, chat: ChatRequest, events: Sequence[Event]) -> Json:
         return anthropic.message_json(events)
 
     def chunks(self, chat: ChatRequest) -> Chunks:

@@ -12,7 +12,7 @@ how one piece of text, the opening and the closing chunks and the whole answer l
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -50,7 +50,7 @@ class Family(Protocol):
 
     def parse(self, model: str, body: Mapping[str, Any]) -> ChatRequest: ...
 
-    def whole(self, chat: ChatRequest, events: list[Event]) -> Json: ...
+    def whole(self, chat: ChatRequest, events: Sequence[Event]) -> Json: ...
 
     def chunks(self, chat: ChatRequest) -> Chunks: ...
 
@@ -81,7 +81,7 @@ class Answer:
                 self.usage = event.usage
 
 
-def answer_of(events: list[Event]) -> Answer:
+def answer_of(events: Sequence[Event]) -> Answer:
     answer = Answer()
     for event in events:
         answer.add(event)
@@ -122,7 +122,7 @@ class TextFamily(ABC):
     def stop(self, answer: Answer) -> str | None:
         return self.stops.get(answer.stop_reason)
 
-    def whole(self, chat: ChatRequest, events: list[Event]) -> Json:
+    def whole(self, chat: ChatRequest, events: Sequence[Event]) -> Json:
         return self.answer(chat, answer_of(events))
 
     def chunks(self, chat: ChatRequest) -> Chunks:
