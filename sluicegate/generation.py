@@ -37,7 +37,7 @@ from sluicegate.events import (
 )
 
 log = logging.getLogger(__name__)
-EVENT_BYTES = 120  # one logged event besides its text (measured: a TextDelta, its str, its slot)
+EVENT_BYTES = 64  # one logged event besides its text (measured: a text delta is its str and a slot)
 HANDOFF_TURNS = 3  # loop turns given to the first token on its way out (see Generation._run)
 
 
