@@ -85,7 +85,7 @@ def _compact(data: Any) -> str:
 
 def parse(raw: bytes | str) -> Any:
     """A streamed chunk (an upstream's, a log's) as json.loads reads it, only faster (but an
-    integer past 64 bits comes back a float: no chunk field read here is one)."""
+    integer below -2**63 or from 2**64 comes back a float: no chunk field read here is one)."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
