@@ -52,7 +52,8 @@ def test_a_long_answer_adds_nothing_the_collector_tracks() -> None:
         log.append(TextDelta(text))
     log.append(TextDelta("other block", 1))  # kept as the event itself
     gc.collect()
-    assert len(gc.get_objects()) - before < 10
+    # (As TextDelta objects they would be 20,000; the margin is for other threads' objects.)
+    assert len(gc.get_objects()) - before < 1_000
     assert "".join(e.text for e in log if isinstance(e, TextDelta) and e.index == 0) == "".join(
         texts
     )
