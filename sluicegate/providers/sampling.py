@@ -9,10 +9,19 @@ only those are sorted. Then the nucleus is sampled at the temperature, by one un
 Exact: the nucleus is the one top-p keeps (the token that crosses top_p included, as llama.cpp
 keeps it), and the draw follows softmax(logits / temperature) over it.
 
+At a low temperature (the model's default is 0.2) even that is more than is needed: a token
+REACH temperature-scaled logits below the best has a weight under e^-40, which no float64
+draw can land on, so the draw is made among the few tokens within reach of the best, and kept
+if top-p keeps it (it is, unless top-p is tight enough to cut tokens that likely); a draw
+top-p would cut is drawn again among the near tokens top-p keeps. Accept-or-redraw gives the
+distribution conditioned on the nucleus, the one asked for.
+
 Used where the chain has no top_k and no grammar (those stay with llama.cpp's samplers).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +29,8 @@ import numpy.typing as npt
 Logits = npt.NDArray[np.float32]
 BLOCK = 256  # tokens per block when drawing from the whole vocabulary
 FIRST_WIDTH = 8.0  # logits below the best, to look for the nucleus in first (e^-8 = 0.03%)
+REACH = 40.0  # temperature-scaled logits below the best that a draw can reach (e^-40 < 2^-53)
+NEAR_MOST = 8192  # near tokens a draw among them is worth it for (else: the paths above)
 
 
 def nucleus(logits: Logits, top_p: float, work: Logits | None = None) -> npt.NDArray[np.intp]:
@@ -57,6 +68,10 @@ class Sampler:
             return int(logits.argmax())
         if self.work is None or self.work.size != logits.size:
             self.work = np.empty_like(logits)
+        best = logits.max()
+        near = np.flatnonzero(logits >= best - np.float32(REACH * self.temperature))
+        if near.size <= NEAR_MOST:
+            return self._near(logits, near, best, self.work)
         if self.top_p < 1.0:
             tokens = nucleus(logits, self.top_p, self.work)
             scaled = np.exp((logits[tokens] - logits[tokens[0]]) / self.temperature)
@@ -64,6 +79,36 @@ class Sampler:
             at = np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right")
             return int(tokens[min(int(at), tokens.size - 1)])
         return self._whole(logits, self.work)
+
+    def _near(self, logits: Logits, near: npt.NDArray[np.intp], best: Any, work: Logits) -> int:
+        """One draw among the tokens within reach of the best, softmax at the temperature;
+        kept if top-p keeps it, else drawn again among the near tokens it keeps."""
+        values = logits[near]
+        scaled = np.exp((values - best).astype(np.float64) / self.temperature)
+        at = self._draw(scaled)
+        token, value = int(near[at]), values[at]
+        if self.top_p >= 1.0:
+            return token
+        # Kept iff what comes before it, most likely first (ties by token id, as the nucleus
+        # orders them), weighs less than top_p of the whole. All of that is near.
+        weights = np.exp(values - best)
+        before = float(weights[(values > value) | ((values == value) & (near < token))].sum())
+        if before == 0.0 or before < self.top_p * float(weights.sum(dtype=np.float64)):
+            return token  # the most likely token, or kept even against the near tokens alone
+        np.subtract(logits, best, out=work)
+        need = self.top_p * float(np.exp(work, out=work).sum())  # as `nucleus` weighs it
+        if before < need:
+            return token
+        order = np.lexsort((near, -values))
+        cumulative = np.cumsum(weights[order], dtype=np.float64)
+        kept = order[: int(np.searchsorted(cumulative, need, side="left")) + 1]
+        return int(near[kept[self._draw(scaled[kept])]])
+
+    def _draw(self, weights: npt.NDArray[np.float64]) -> int:
+        """An index drawn in proportion to `weights`."""
+        cumulative = np.cumsum(weights)
+        at = np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right")
+        return min(int(at), weights.size - 1)
 
     def _whole(self, logits: Logits, work: Logits) -> int:
         """softmax(logits / temperature) over every token: one draw, found block by block

@@ -78,7 +78,9 @@ def assert_follows(seen: Counter[int], expected: dict[int, float], n: int = DRAW
 @pytest.mark.parametrize(
     ("temperature", "top_p", "size", "peak"),
     [(0.2, 0.9, 49_152, 12.0), (1.0, 0.9, 49_152, 12.0), (0.7, 0.95, 5_000, 6.0),
-     (1.0, 1.0, 3 * BLOCK + 37, 6.0), (2.0, 1.0, 600, 6.0), (0.5, 1.0, BLOCK, 6.0)],
+     (1.0, 1.0, 3 * BLOCK + 37, 6.0), (2.0, 1.0, 600, 6.0), (0.5, 1.0, BLOCK, 6.0),
+     # Near tokens that top-p cuts (drawn again among those it keeps), and many near tokens.
+     (0.2, 0.5, 49_152, 12.0), (0.2, 0.1, 5_000, 2.0), (0.3, 0.6, 5_000, 0.0)],
 )  # fmt: skip
 def test_draws_follow_softmax_over_the_nucleus(
     temperature: float, top_p: float, size: int, peak: float
@@ -86,6 +88,24 @@ def test_draws_follow_softmax_over_the_nucleus(
     logits = shaped(7, size, 2.0, peak)
     sampler = Sampler(temperature, top_p, seed=11)
     assert_follows(frequencies(lambda: sampler(logits)), probabilities(logits, temperature, top_p))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    spread=st.sampled_from([0.01, 1.0, 4.0]),
+    step=st.sampled_from([0.0, 0.5]),
+    temperature=st.sampled_from([0.05, 0.2, 0.5]),
+    top_p=st.sampled_from([0.05, 0.3, 0.9]),
+)
+def test_every_draw_is_in_the_nucleus(
+    seed: int, spread: float, step: float, temperature: float, top_p: float
+) -> None:
+    logits = shaped(seed, 3_000, spread, 4.0)
+    if step:  # ties: the nucleus orders them by token id
+        logits = (np.round(logits / step) * step).astype(np.float32)
+    sampler = Sampler(temperature, top_p, seed)
+    assert {sampler(logits) for _ in range(300)} <= set(reference_nucleus(logits, top_p))
 
 
 def llama_cpp_draw(logits: np.ndarray, temperature: float, top_p: float, seed: int) -> object:
