@@ -4,7 +4,10 @@
 
 One zero-delay mock OpenAI upstream (bench/mock_openai.py: 64 chunks per answer) on this machine;
 the same load straight to it, through `sluicegate serve` (an `openai` provider in front of it),
-and through LiteLLM's proxy (installed on first use into bench/.venv-litellm, a venv of its own).
+through LiteLLM's proxy (installed on first use into bench/.venv-litellm, a venv of its own),
+and through bench/floor_relay.py: the least a Python relay can do (uvloop, asyncio streams,
+each event parsed and written again; no limits, errors or cancel), this machine's ceiling for
+any gateway written in Python.
 Each server runs alone (one process each, 127.0.0.1). The client is a raw asyncio HTTP/1.1 client
 (one connection per request, Connection: close), the same for every target:
 
@@ -161,6 +164,14 @@ def mock(workdir: Path) -> Iterator[Target]:
 
 
 @contextlib.contextmanager
+def floor(workdir: Path, upstream: int) -> Iterator[Target]:
+    port = free_port()
+    cmd = [str(BIN / "python"), str(HERE / "floor_relay.py"), str(port), str(upstream)]
+    with server_process(cmd, f"http://127.0.0.1:{port}/v1/models", workdir / "floor.log") as pid:
+        yield Target("minimal Python relay (floor_relay.py)", port, "/v1/chat/completions", pid)
+
+
+@contextlib.contextmanager
 def sluicegate(workdir: Path, upstream: int) -> Iterator[Target]:
     port = free_port()
     config = workdir / "relay.toml"
@@ -275,6 +286,7 @@ def main() -> None:
             targets = [upstream, stack.enter_context(sluicegate(workdir, upstream.port))]
             if missing is None:
                 targets.append(stack.enter_context(litellm(workdir, upstream.port)))
+            targets.append(stack.enter_context(floor(workdir, upstream.port)))
             for t in targets:  # warm-up: connections, imports, first-request paths
                 asyncio.run(concurrent(t, 4, 8, "mock", "warm"))
             print("c=1 rounds ...", file=sys.stderr, flush=True)
