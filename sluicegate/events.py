@@ -213,20 +213,26 @@ class EventLog(Sequence[Event]):
     first block (nearly every event) is kept as its bare str: Python's collector does not
     track a str, so a long answer's log adds nothing to a full collection's pause (500 streams
     of 64 chunks held 25,000 TextDelta objects, a fifth of what each full collection walked).
-    Reading materializes the event, a short-lived object."""
+    Reading materializes the event, a short-lived object. `chars` counts the text and tool
+    input it holds, as it grows (its size is then known without reading it back)."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "chars")
 
     def __init__(self, events: Iterable[Event] = ()) -> None:
         self._items: list[Event | str] = []
+        self.chars = 0
         for event in events:
             self.append(event)
 
     def append(self, event: Event) -> None:
-        if type(event) is TextDelta and event.index == 0:
-            self._items.append(event.text)
-        else:
-            self._items.append(event)
+        if isinstance(event, TextDelta):
+            self.chars += len(event.text)
+            if type(event) is TextDelta and event.index == 0:
+                self._items.append(event.text)
+                return
+        elif isinstance(event, ToolInputDelta):
+            self.chars += len(event.partial_json)
+        self._items.append(event)
 
     def __len__(self) -> int:
         return len(self._items)

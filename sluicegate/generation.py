@@ -290,8 +290,7 @@ class Generation:
         self.timings.ended = time.monotonic()
         self.stop_reason = reason
         self.request = self.request.without_prompt()
-        self.log_bytes = sum(_size(e) for e in self.log)
-        self.log_bytes += EVENT_BYTES * (len(self.log) + 1)
+        self.log_bytes = self.log.chars + EVENT_BYTES * (len(self.log) + 1)
         stop = MessageStop(Usage(self.usage.input_tokens, self.usage.output_tokens), self.metrics)
         if self._on_end is not None:
             self._on_end(self)
@@ -321,12 +320,6 @@ class Generation:
             first_token_ms=None if t.first_token is None else _ms(t.first_token - t.created),
             total_ms=_ms(end - t.created),
         )
-
-
-def _size(event: Event) -> int:
-    if isinstance(event, TextDelta):
-        return len(event.text)
-    return len(event.partial_json) if isinstance(event, ToolInputDelta) else 0
 
 
 def _ms(seconds: float) -> int:

@@ -41,6 +41,9 @@ def test_a_log_reads_back_as_the_list_of_its_events(events: list[Event], a: int,
     assert log[a:b] == events[a:b]
     for i in range(-len(events), len(events)):
         assert log[i] == events[i] and type(log[i]) is type(events[i])
+    text = [e.text for e in events if isinstance(e, TextDelta)]
+    tool = [e.partial_json for e in events if isinstance(e, ToolInputDelta)]
+    assert log.chars == len("".join(text)) + len("".join(tool))
 
 
 def test_a_long_answer_adds_nothing_the_collector_tracks() -> None:
