@@ -13,6 +13,7 @@ import sys
 
 import orjson
 import uvloop
+from mock_openai import read_request
 
 HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
@@ -57,12 +58,7 @@ async def handle(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: int, pool: Pool
 ) -> None:
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        body = await reader.readexactly(length) if length else b""
+        head, body = await read_request(reader)
         if head.startswith(b"GET"):
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             return
