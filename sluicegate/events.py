@@ -225,12 +225,12 @@ class EventLog(Sequence[Event]):
             self.append(event)
 
     def append(self, event: Event) -> None:
-        if isinstance(event, TextDelta):
+        if type(event) is TextDelta:
             self.chars += len(event.text)
-            if type(event) is TextDelta and event.index == 0:
+            if event.index == 0:
                 self._items.append(event.text)
                 return
-        elif isinstance(event, ToolInputDelta):
+        elif type(event) is ToolInputDelta:
             self.chars += len(event.partial_json)
         self._items.append(event)
 

@@ -69,9 +69,9 @@ class Sampler:
         if self.work is None or self.work.size != logits.size:
             self.work = np.empty_like(logits)
         best = logits.max()
-        near = np.flatnonzero(logits >= best - np.float32(REACH * self.temperature))
-        if near.size <= NEAR_MOST:
-            return self._near(logits, near, best, self.work)
+        reached = logits >= best - np.float32(REACH * self.temperature)
+        if np.count_nonzero(reached) <= NEAR_MOST:
+            return self._near(logits, np.flatnonzero(reached), best, self.work)
         if self.top_p < 1.0:
             tokens = nucleus(logits, self.top_p, self.work)
             scaled = np.exp((logits[tokens] - logits[tokens[0]]) / self.temperature)
